@@ -1,0 +1,4 @@
+"""The OCI vocabulary: reference grammar, media types, descriptors, manifests and indexes.
+
+This package imports nothing else of Stratus.
+"""

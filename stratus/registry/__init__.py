@@ -1,0 +1,1 @@
+"""The read-only OCI Distribution server: an ASGI application run by uvicorn."""

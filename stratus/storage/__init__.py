@@ -1,0 +1,52 @@
+"""Object storage for the bucket layout: one interface, and an S3 implementation through botocore.
+
+Storage knows keys and bytes. It knows nothing of HTTP requests or of pushing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from stratus.storage.base import (
+    MultipartUpload,
+    NotFound,
+    NotModified,
+    ObjectInfo,
+    ObjectTooLarge,
+    PreconditionFailed,
+    Storage,
+    StorageError,
+    StorageThrottled,
+    StorageUnavailable,
+    StoredObject,
+)
+from stratus.storage.keys import blob_key, index_key, layout_key, repository_prefix
+
+if TYPE_CHECKING:
+    from stratus.config import Config
+
+__all__ = [
+    "MultipartUpload",
+    "NotFound",
+    "NotModified",
+    "ObjectInfo",
+    "ObjectTooLarge",
+    "PreconditionFailed",
+    "Storage",
+    "StorageError",
+    "StorageThrottled",
+    "StorageUnavailable",
+    "StoredObject",
+    "blob_key",
+    "index_key",
+    "layout_key",
+    "open_storage",
+    "repository_prefix",
+]
+
+
+def open_storage(config: Config) -> Storage:
+    """Build the storage the configuration names."""
+    from stratus.storage.s3 import S3Storage
+
+    return S3Storage(config)
