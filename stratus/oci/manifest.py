@@ -10,7 +10,7 @@ import orjson
 from stratus.oci.descriptor import Descriptor, InvalidDescriptor, parse_descriptor
 from stratus.oci.mediatypes import detect_manifest_type, is_index_type, is_valid_media_type
 
-# The distribution spec asks registries to accept manifests of at least 4 MiB; nothing
+# The distribution spec requires registries to accept manifests of at least 4 MiB. Nothing
 # larger is read as a manifest, which also keeps a layer from being read whole.
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
 
@@ -21,9 +21,14 @@ class InvalidManifest(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Manifest:
-    """A parsed manifest or index: its served media type and what it references."""
+    """A parsed manifest or index: its media type and what it references.
+
+    `media_type` is the document's own `mediaType` when `declares_type`, else the
+    type of the descriptor it was parsed with, else what its fields show.
+    """
 
     media_type: str
+    declares_type: bool
     children: tuple[Descriptor, ...]
     subject: Descriptor | None
     artifact_type: str | None
@@ -32,6 +37,13 @@ class Manifest:
     @property
     def is_index(self) -> bool:
         return is_index_type(self.media_type)
+
+    @property
+    def config_type(self) -> str | None:
+        """Return the config descriptor's media type of an image manifest, else None."""
+        if self.is_index or not self.children:
+            return None
+        return self.children[0].media_type
 
 
 def parse_manifest(data: bytes, descriptor_type: str | None = None) -> Manifest:
@@ -73,6 +85,7 @@ def parse_manifest(data: bytes, descriptor_type: str | None = None) -> Manifest:
 
     return Manifest(
         media_type=media_type,
+        declares_type="mediaType" in document,
         children=children,
         subject=subject,
         artifact_type=artifact_type,

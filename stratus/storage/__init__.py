@@ -1,6 +1,6 @@
 """Object storage for the bucket layout: one interface, and an S3 implementation through botocore.
 
-Storage knows keys and bytes. It knows nothing of HTTP requests or of pushing.
+Storage deals in keys and bytes only: it has no notion of HTTP requests or of pushing.
 """
 
 from __future__ import annotations

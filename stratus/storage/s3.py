@@ -30,7 +30,7 @@ _THROTTLE_CODES = frozenset(
     {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests", "429"}
 )
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchUpload"})
-# S3 answers 409 ConditionalRequestConflict when two conditional writes of one key overlap;
+# S3 returns 409 ConditionalRequestConflict when two conditional writes of one key overlap;
 # the caller retries it exactly as a lost If-Match.
 _PRECONDITION_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict"})
 

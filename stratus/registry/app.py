@@ -1,0 +1,151 @@
+"""The ASGI application: match the path, call the route handler, send the response.
+
+Every response carries `Docker-Distribution-API-Version: registry/2.0`. Errors are
+rendered here and only here. HEAD runs the GET code path and sends no body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+
+from stratus import storage
+from stratus.config import Config
+from stratus.registry import errors
+from stratus.registry.content import ContentReader
+from stratus.registry.handlers import Handlers, Request, Response
+from stratus.registry.index_cache import IndexCache
+from stratus.registry.referrers import ReferrersFinder
+from stratus.registry.routes import Route, is_registry_path, match_path
+from stratus.registry.types import Headers, Receive, Scope, Send
+
+logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("stratus.access")
+
+API_VERSION_HEADER = (b"docker-distribution-api-version", b"registry/2.0")
+_READ_METHODS = frozenset({"GET", "HEAD"})
+
+
+class RegistryApp:
+    """The read-only registry as an ASGI callable."""
+
+    def __init__(self, config: Config, store: storage.Storage) -> None:
+        self.storage = store
+        self._executor = ThreadPoolExecutor(max_workers=config.s3_max_connections, thread_name_prefix="stratus-s3")
+        self._access_log = config.access_log
+        indexes = IndexCache(
+            store, self._run_in_thread,
+            freshness=config.index_freshness,
+            max_entries=config.index_cache_entries,
+            max_index_bytes=config.max_index_bytes,
+        )
+        content = ContentReader(
+            store, self._run_in_thread,
+            manifest_cache_bytes=config.manifest_cache_bytes,
+            blob_cache_entries=config.blob_cache_entries,
+            presign_expiry=config.presign_expiry,
+        )
+        handlers = Handlers(indexes, content, ReferrersFinder(indexes, content), config.index_freshness)
+        self._routes: dict[Route, Callable[[Request], Awaitable[Response]]] = {
+            Route.BASE: handlers.base,
+            Route.MANIFEST: handlers.manifest,
+            Route.BLOB: handlers.blob,
+            Route.TAGS: handlers.tags,
+            Route.REFERRERS: handlers.referrers,
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._handle_http(scope, send)
+        elif scope["type"] == "lifespan":
+            await self._handle_lifespan(receive, send)
+
+    async def _handle_http(self, scope: Scope, send: Send) -> None:
+        started = time.perf_counter()
+        method = scope["method"]
+        raw_path = _raw_path(scope)
+
+        try:
+            response = await self._respond(method, raw_path, scope)
+        except errors.RegistryError as error:
+            response = _error_response(error)
+        except Exception:
+            logger.exception("Unhandled error while handling %s %s; responding 500.", method, raw_path)
+            response = _error_response(errors.InternalError())
+
+        await _send(send, response, method == "HEAD")
+        if self._access_log:
+            access_logger.info(
+                "%s %s %d %.2fms", method, raw_path, response.status, (time.perf_counter() - started) * 1000
+            )
+
+    async def _respond(self, method: str, raw_path: str, scope: Scope) -> Response:
+        if is_registry_path(raw_path) and method not in _READ_METHODS:
+            raise errors.MethodNotAllowed(detail={"method": method})
+        match = match_path(raw_path)
+
+        request = Request(
+            method=method,
+            match=match,
+            query=scope.get("query_string", b""),
+            if_none_match=_header(scope, b"if-none-match"),
+        )
+        try:
+            return await self._routes[match.route](request)
+        except storage.StorageThrottled as error:
+            logger.warning("S3 is throttling: %s (responding 429 to %s %s).", error, method, raw_path)
+            raise errors.TooManyRequests() from None
+        except storage.StorageError as error:
+            logger.error("S3 is unavailable: %s (responding 503 to %s %s).", error, method, raw_path)
+            raise errors.StorageUnavailable() from None
+
+    async def _handle_lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _run_in_thread(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(function, *args, **kwargs))
+
+
+def _raw_path(scope: Scope) -> str:
+    raw = scope.get("raw_path")
+    if raw:
+        return raw.decode("latin-1").partition("?")[0]
+    return scope["path"]
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
+
+
+def _error_response(error: errors.RegistryError) -> Response:
+    body = orjson.dumps({"errors": [{"code": error.code, "message": error.message, "detail": error.detail}]})
+    headers: Headers = [(b"content-type", b"application/json"), *error.extra_headers()]
+    return Response(error.status, headers, body)
+
+
+async def _send(send: Send, response: Response, is_head: bool) -> None:
+    headers = response.headers
+    headers.append(API_VERSION_HEADER)
+    if response.status != 304 and not any(name == b"content-length" for name, _ in headers):
+        headers.append((b"content-length", str(len(response.body)).encode()))
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    body = b"" if is_head or response.status == 304 else response.body
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,153 @@
+"""Manifests and blobs of a repository, read from the bucket through bounded caches.
+
+Manifest bytes are content addressed and immutable, so they are cached by
+(repository, digest) once their hash has been checked. Blob sizes are cached by key,
+and presigned URLs are reused until less than MIN_URL_VALIDITY of them remains.
+Nothing negative is cached here: a blob pushed a moment ago is found at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from stratus import storage
+from stratus.oci.descriptor import Descriptor
+from stratus.oci.manifest import MAX_MANIFEST_SIZE, InvalidManifest, Manifest, parse_manifest
+from stratus.oci.mediatypes import is_manifest_type
+from stratus.oci.reference import Digest
+from stratus.registry.cache import LRUCache, SizedLRUCache
+from stratus.registry.errors import BlobUnknown, InternalError, ManifestUnknown
+from stratus.registry.index_cache import RunInThread
+
+logger = logging.getLogger(__name__)
+
+# A redirect never hands out a URL with less validity than this left.
+MIN_URL_VALIDITY = 600.0
+
+# The manifest cache charges each entry this many times its byte length, an estimate
+# that covers the parsed form kept beside the bytes.
+_PARSED_COST_FACTOR = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestContent:
+    """Manifest bytes with their digest, parsed form and the media type they are served with."""
+
+    body: bytes
+    digest: Digest
+    media_type: str
+    manifest: Manifest
+
+
+@dataclass(slots=True)
+class _BlobEntry:
+    size: int
+    url: str | None = None
+    url_expires_at: float = 0.0
+
+
+class ContentReader:
+    """Reads manifests, blob sizes and blob URLs of any repository in the bucket."""
+
+    def __init__(
+        self,
+        store: storage.Storage,
+        run_in_thread: RunInThread,
+        *,
+        manifest_cache_bytes: int,
+        blob_cache_entries: int,
+        presign_expiry: float,
+    ) -> None:
+        self._storage = store
+        self._run = run_in_thread
+        self._manifests: SizedLRUCache[tuple[str, Digest], tuple[bytes, Manifest]] = SizedLRUCache(
+            manifest_cache_bytes
+        )
+        self._blobs: LRUCache[tuple[str, Digest], _BlobEntry] = LRUCache(blob_cache_entries)
+        self._presign_expiry = int(presign_expiry)
+
+    async def manifest(self, repository: str, digest: Digest, descriptor: Descriptor | None) -> ManifestContent:
+        """Return the manifest stored under `digest`, checked against it.
+
+        `descriptor` is the index.json entry that names this digest, or None for a manifest
+        found only in `blobs/` (a platform or attestation manifest). Raises ManifestUnknown
+        when the blob is missing, too large, not a manifest, or does not hash to `digest`.
+        """
+        cached = self._manifests.get((repository, digest))
+        if cached is None:
+            cached = await self._load_manifest(repository, digest, descriptor)
+        body, manifest = cached
+        return ManifestContent(body, digest, _served_type(manifest, descriptor), manifest)
+
+    async def blob_size(self, repository: str, digest: Digest) -> int:
+        """Return the size of a blob, raising BlobUnknown when it is not in the bucket."""
+        entry = await self._blob_entry(repository, digest)
+        return entry.size
+
+    async def blob_url(self, repository: str, digest: Digest) -> str:
+        """Return a presigned GET URL for a blob with at least MIN_URL_VALIDITY left."""
+        entry = await self._blob_entry(repository, digest)
+        now = time.time()
+        if entry.url is None or entry.url_expires_at - now < MIN_URL_VALIDITY:
+            key = storage.blob_key(repository, digest)
+            entry.url = self._storage.presign_get(key, self._presign_expiry)
+            entry.url_expires_at = now + self._presign_expiry
+        return entry.url
+
+    async def _load_manifest(
+        self, repository: str, digest: Digest, descriptor: Descriptor | None
+    ) -> tuple[bytes, Manifest]:
+        body = await self._read_manifest_blob(repository, digest, descriptor)
+        try:
+            manifest = parse_manifest(body)
+        except InvalidManifest as error:
+            logger.info("Repository %s: blob %s is not a manifest (%s).", repository, digest, error)
+            raise ManifestUnknown(detail={"digest": str(digest)}) from None
+
+        self._manifests.put((repository, digest), (body, manifest), len(body) * _PARSED_COST_FACTOR)
+        return body, manifest
+
+    async def _read_manifest_blob(self, repository: str, digest: Digest, descriptor: Descriptor | None) -> bytes:
+        key = storage.blob_key(repository, digest)
+        try:
+            stored = await self._run(self._storage.get, key, max_bytes=MAX_MANIFEST_SIZE)
+        except storage.NotFound:
+            if descriptor is not None:
+                logger.error("Repository %s: index.json names %s but its blob is missing.", repository, digest)
+            raise ManifestUnknown(detail={"digest": str(digest)}) from None
+        except storage.ObjectTooLarge:
+            raise ManifestUnknown(detail={"digest": str(digest)}) from None
+
+        if not digest.matches(stored.body):
+            logger.error("Repository %s: blob %s does not hash to its digest; not served.", repository, digest)
+            if descriptor is not None:
+                raise InternalError(
+                    detail={"digest": str(digest)}, message="stored manifest does not match its digest"
+                )
+            raise ManifestUnknown(detail={"digest": str(digest)})
+        return stored.body
+
+    async def _blob_entry(self, repository: str, digest: Digest) -> _BlobEntry:
+        entry = self._blobs.get((repository, digest))
+        if entry is not None:
+            return entry
+
+        key = storage.blob_key(repository, digest)
+        try:
+            info = await self._run(self._storage.stat, key)
+        except storage.NotFound:
+            raise BlobUnknown(detail={"digest": str(digest)}) from None
+        entry = _BlobEntry(info.size)
+        self._blobs.put((repository, digest), entry)
+        return entry
+
+
+def _served_type(manifest: Manifest, descriptor: Descriptor | None) -> str:
+    """Pick the Content-Type: the document's own type, else the descriptor's, else its shape."""
+    if manifest.declares_type:
+        return manifest.media_type
+    if descriptor is not None and is_manifest_type(descriptor.media_type):
+        return descriptor.media_type
+    return manifest.media_type
