@@ -34,12 +34,6 @@ __all__ = [
 class PushError(Exception):
     """Base of every error `push_oci_layout` raises on purpose; str() is one line for the user."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
 
 class UsageError(PushError):
     """A request that cannot be carried out as given, whatever the layout holds."""

@@ -92,11 +92,12 @@ def _matching_entry(image: LayoutImage, choice: str) -> Descriptor | None:
     if choice == str(image.descriptor.digest):
         return image.descriptor
 
-    is_bare_tag = not any(character in choice for character in "/:@")
-    normalized_choice = None if is_bare_tag else normalize_reference(choice)
+    # A word without '/', ':' or '@' may be a tag (`1.0`) or a short name (`app`, meaning app:latest).
+    is_word = not any(character in choice for character in "/:@")
+    normalized_choice = normalize_reference(choice)
     for entry in image.entries:
         for name in image_names(entry):
-            if is_bare_tag and name.tag == choice:
+            if is_word and name.tag == choice:
                 return entry
             if name.reference is not None and (
                 choice == name.reference or normalized_choice == normalize_reference(name.reference)
