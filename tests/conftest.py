@@ -11,6 +11,7 @@
     registry_factory     starts `python -m stratus serve` children; stopped after the test
     registry             one registry over `bucket`
     isolated_s3_server   a moto server of this test's own, to stop, pause or restart
+    make_layout          generates an OCI layout (support/layouts.py) under tmp_path
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 
 from stratus.config import load_config
 from stratus.storage import Storage, open_storage
+from support.layouts import TARBALL, LayoutDescription, LayoutSpec, generate_layout
 from support.registry import SERVE_COMMAND, RegistryProcess
 from support.s3 import (
     FAKE_ACCESS_KEY_ID,
@@ -171,3 +173,22 @@ def isolated_s3_server(tmp_path: Path, fake_aws_credentials: None) -> Iterator[M
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def make_layout(tmp_path: Path) -> Callable[..., LayoutDescription]:
+    """Return `make(spec=None, **fields)`, which writes a new layout under tmp_path.
+
+    `fields` build a LayoutSpec when `spec` is not given, for example
+    `make_layout(platforms=(AMD64, ARM64), attestations=ARTIFACT)`.
+    """
+    count = 0
+
+    def make(spec: LayoutSpec | None = None, **fields: Any) -> LayoutDescription:
+        nonlocal count
+        count += 1
+        spec = spec or LayoutSpec(**fields)
+        suffix = ".tar" if spec.output == TARBALL else ""
+        return generate_layout(tmp_path / f"layout-{count}{suffix}", spec)
+
+    return make

@@ -58,7 +58,7 @@ def child_environment(overrides: Mapping[str, str] | None = None) -> dict[str, s
 
 
 def http_status(port: int, path: str, *, timeout: float = 1.0) -> int | None:
-    """Send `GET path` to the loopback port; return the status, or None when nothing answers.
+    """Send `GET path` to the loopback port and return the status, or None without a response.
 
     http.client is used instead of urllib so that no proxy setting applies.
     """
@@ -128,7 +128,7 @@ def start_process(
 
 
 def stop_process(process: subprocess.Popen[bytes], *, timeout: float = 5.0) -> None:
-    """Stop a child with SIGTERM, then SIGKILL after `timeout` seconds; reap it either way."""
+    """Stop a child with SIGTERM, then SIGKILL after `timeout` seconds, and reap it."""
     if process.poll() is not None:
         return
     try:
@@ -148,3 +148,43 @@ def _log_tail(log_path: Path | None, limit: int = 4000) -> str:
     if len(text) > limit:
         text = "...\n" + text[-limit:]
     return f"\n--- output of the process ---\n{text}"
+
+
+class ToolError(RuntimeError):
+    """A command-line tool failed or ran past its time limit; the message has its output."""
+
+
+def run_tool(
+    command: Sequence[str],
+    *,
+    timeout: float,
+    environment: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run a tool to completion within `timeout` seconds, raising ToolError on failure."""
+    try:
+        completed = subprocess.run(
+            list(command),
+            env=dict(environment) if environment is not None else child_environment(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as error:
+        raise ToolError(
+            f"{' '.join(command)} timed out after {timeout:g} s\n{_decode(error.stderr)}"
+        ) from None
+    if completed.returncode != 0:
+        raise ToolError(
+            f"{' '.join(command)} failed with exit status {completed.returncode}\n"
+            f"--- stdout ---\n{_decode(completed.stdout)}\n--- stderr ---\n{_decode(completed.stderr)}"
+        )
+    return completed
+
+
+def _decode(output: bytes | str | None) -> str:
+    if output is None:
+        return ""
+    if isinstance(output, bytes):
+        return output.decode(errors="replace")
+    return output
