@@ -53,8 +53,8 @@ _LAYOUT_FILE = orjson.dumps({"imageLayoutVersion": "1.0.0"})
 class PushResult:
     """The outcome of a push.
 
-    `uploaded` and `skipped` list blob digests (manifests included) in the order they were
-    handled; `bytes_sent` counts blob bytes only. `part_worker_pids` holds the ids of the
+    `uploaded` and `skipped` list blob digests (manifests included) in plan order, children
+    before parents; `bytes_sent` counts blob bytes only. `part_worker_pids` holds the ids of the
     processes that sent multipart parts, empty when no blob needed parts.
     """
 
@@ -128,6 +128,7 @@ def push_oci_layout(
         finally:
             progress.finish()
     stats = uploader.stats
+    plan_order = {blob.digest: position for position, blob in enumerate(blobs)}
 
     _write_layout_file(storage, image_name)
     attempts = update_index(storage, image_name, entry.raw, tag)
@@ -147,8 +148,8 @@ def push_oci_layout(
         tag=tag,
         digest=entry.digest,
         media_type=entry.media_type,
-        uploaded=tuple(stats.uploaded),
-        skipped=tuple(stats.skipped),
+        uploaded=tuple(sorted(stats.uploaded, key=plan_order.__getitem__)),
+        skipped=tuple(sorted(stats.skipped, key=plan_order.__getitem__)),
         bytes_sent=stats.bytes_sent,
         part_worker_pids=frozenset(stats.part_worker_pids),
     )
