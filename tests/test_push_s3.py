@@ -481,3 +481,33 @@ def test_command_reports_several_images(
 
     completed = run_push([str(layout), "app:1", "--from", "2.0"], stratus_env)
     assert completed.returncode == 0, completed.stderr
+
+
+def test_command_draws_progress_bar_on_terminal(
+    umoci_layout: Path, stratus_env: dict[str, str], bucket: str,
+) -> None:
+    import pty
+
+    controller, terminal = pty.openpty()
+    child = subprocess.Popen(
+        [*PUSH_COMMAND, str(umoci_layout), "app:1.0"], env=child_environment(stratus_env),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=terminal,
+    )
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(controller)
+    stdout, _ = child.communicate(timeout=300)
+
+    assert child.returncode == 0
+    text = shown.decode()
+    assert "\r\x1b[K[" in text
+    assert "B/s" in text
+    assert f"Pushed app:1.0 as {stdout.decode().strip()}" in text

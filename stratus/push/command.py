@@ -81,7 +81,7 @@ def run_push_command(config: Config, arguments: argparse.Namespace) -> int:
     except (PushError, StorageError) as error:
         return _fail(error, EXIT_FAILURE)
     except KeyboardInterrupt:
-        print("stratus push: interrupted; index.json in the bucket was not changed", file=sys.stderr)
+        print("stratus push: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
     print(result.digest)

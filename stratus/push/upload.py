@@ -230,9 +230,12 @@ class BlobUploader:
                 self._abort(key, upload_id, futures)
 
     def _submit_part(self, job: PartJob) -> Future[PartResult]:
-        if self._storage_factory is None:
-            return self._executor().submit(send_part, self._storage, job)
-        return self._executor().submit(upload_part, job)
+        try:
+            if self._storage_factory is None:
+                return self._executor().submit(send_part, self._storage, job)
+            return self._executor().submit(upload_part, job)
+        except BrokenProcessPool as error:
+            raise UploadFailed(f"the part upload processes stopped unexpectedly: {error}") from error
 
     def _executor(self) -> Executor:
         with self._executor_lock:
@@ -251,7 +254,7 @@ class BlobUploader:
         try:
             return future.result()
         except BrokenProcessPool as error:
-            raise UploadFailed(f"a part upload process stopped unexpectedly: {error}") from error
+            raise UploadFailed(f"the part upload processes stopped unexpectedly: {error}") from error
 
     def _count_part(self, future: Future[PartResult]) -> None:
         if future.cancelled() or future.exception() is not None:

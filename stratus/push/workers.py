@@ -120,6 +120,9 @@ def _initialize_worker(storage_factory: StorageFactory, bucket: str) -> None:
     storage = storage_factory()
     storage_bucket = getattr(storage, "bucket", bucket)
     if storage_bucket != bucket:
+        # The pool reports a failed initializer only as a broken pool, so say why here.
+        logger.error("Part upload worker %d: the storage factory opened bucket %r, not %r.",
+                     os.getpid(), storage_bucket, bucket)
         raise UploadFailed(f"the storage factory opened bucket {storage_bucket!r}, not {bucket!r}")
     _storage = storage
 
