@@ -27,8 +27,8 @@ from support.processes import LOOPBACK, child_environment
 
 MIB = 1024 * 1024
 PUSH_COMMAND = [sys.executable, "-m", "stratus", "push"]
-# Upper bound on waiting for a child or a proxy event, so a hang fails instead of blocking
-# the run; no assertion depends on how fast anything happens.
+# Upper bound on waiting for a child or a proxy event, so that a hang fails the test instead
+# of blocking the run. No assertion depends on how fast anything happens.
 HANG_LIMIT = 180.0
 
 
@@ -63,10 +63,10 @@ def test_ten_concurrent_pushes_keep_all_tags(
 
 
 class PartBlockingProxy:
-    """An HTTP proxy to moto that holds every UploadPart request with a part number of 2 or more.
+    """An HTTP proxy to moto that never answers UploadPart requests for part 2 or later.
 
-    Held requests get no response until release(), so a push stays inside its multipart
-    upload for as long as the test needs. Every answered request is recorded.
+    Those requests wait until stop(), so a push stays inside its multipart upload for as
+    long as the test needs. Every answered request is recorded in `answered`.
     """
 
     def __init__(self, upstream_port: int) -> None:

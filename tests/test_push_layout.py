@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from stratus.oci.descriptor import parse_descriptor
+from stratus.oci.manifest import parse_manifest
 from stratus.oci.mediatypes import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, OCTET_STREAM
 from stratus.push.errors import (
     BlobMissing,
@@ -158,8 +159,6 @@ def test_layout_walk_children_before_parents(tmp_path: Path) -> None:
     entry = read_index_document(opened).descriptors[0]
     blobs = walk_image(opened, entry)
     position = {blob.digest: number for number, blob in enumerate(blobs)}
-    from stratus.oci.manifest import parse_manifest
-
     for blob in blobs:
         if blob.content is None:
             continue

@@ -17,7 +17,7 @@ from stratus.push.errors import DigestMismatch, IndexUpdateFailed, UploadFailed
 from stratus.push.graph import PlannedBlob
 from stratus.push.layout import BlobSource
 from stratus.push.merge import merge_index, update_index
-from stratus.push.progress import Progress
+from stratus.push.progress import LineProgress, Progress
 from stratus.push.upload import BlobUploader, TransferSettings, abort_stale_uploads
 from stratus.storage import (
     MultipartUpload,
@@ -138,7 +138,7 @@ def test_merge_into_empty_bucket() -> None:
     assert document["manifests"] == [entry("a", "1.0", platform={"os": "linux", "architecture": "amd64"})]
 
 
-def test_merge_puts_new_entry_first_and_drops_same_tag() -> None:
+def test_merge_replaces_same_tag() -> None:
     existing = orjson.dumps({
         "schemaVersion": 2,
         "manifests": [entry("old", "1.0"), entry("b", "2.0"), entry("c"), "not an entry", entry("old2", "1.0")],
@@ -295,8 +295,6 @@ def test_abort_stale_uploads_old_or_matching() -> None:
         "other-repository": ("library/application/blobs/sha256/" + "4" * 64, {}, 0.0),
     }
     lines = io.StringIO()
-    from stratus.push.progress import LineProgress
-
     aborted = abort_stale_uploads(
         storage, "app", ["library/app/blobs/sha256/" + "3" * 64], 3600.0, LineProgress(lines), now=lambda: 100_000.0
     )

@@ -1,4 +1,4 @@
-"""Unit tests of multipart part planning and of the `stratus push` argument parsing."""
+"""Unit tests of multipart part planning, `stratus push` argument parsing and progress output."""
 
 from __future__ import annotations
 

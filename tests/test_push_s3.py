@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +123,7 @@ def bucket_objects(client: Any, bucket: str) -> dict[str, tuple[bytes, str]]:
 
 
 def assert_bucket_holds_image(client: Any, bucket: str, prefix: str, layout: Path, tag: str, result: PushResult) -> None:
-    """Check the bucket holds exactly the reachable blobs, with right bytes and types, and the tag."""
+    """Check the bucket contains exactly the reachable blobs, with right bytes and types, and the tag."""
     expected = reachable(layout)
     objects = bucket_objects(client, bucket)
     blob_keys = {key for key in objects if key.startswith(f"{prefix}/blobs/")}

@@ -38,7 +38,7 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", metavar="NAME[:TAG]",
                         help="repository and tag to push to; the tag defaults to latest")
     parser.add_argument("--from", dest="layout_reference", metavar="REF",
-                        help="image of the layout to push when it holds several: a tag, a reference such as "
+                        help="image to push when the layout contains several: a tag, a reference such as "
                              "docker.io/library/app:1.0, or a digest")
     parser.add_argument("-j", "--concurrency", type=_positive_int, metavar="N",
                         help="worker processes that upload blob parts, and blobs uploaded at once "

@@ -11,9 +11,9 @@
      +-- IndexUpdateFailed      index.json in the bucket could not be read, merged or written
 
 Part uploads run in worker processes, and their exceptions travel back to the parent by
-pickle. Pickle rebuilds an exception by calling its class with `self.args`, so every
-class here passes all of its constructor arguments to Exception.__init__ and formats
-its message in __str__.
+pickle. Pickle rebuilds an exception by calling its class with `self.args`, so a class
+whose constructor takes several fields passes all of them to Exception.__init__ and
+builds its message in __str__.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class LayoutError(PushError):
 
 
 class ImageNotChosen(LayoutError):
-    """The layout holds no image, several images and no choice, or none that matches the choice."""
+    """The layout contains no image, or several and no choice, or none that matches the choice."""
 
 
 class BlobMissing(LayoutError):
@@ -77,7 +77,7 @@ class DigestMismatch(LayoutError):
 
 
 class UploadFailed(PushError):
-    """An upload to the bucket that failed; the bucket's index.json was left as it was."""
+    """A failed upload to the bucket. The bucket's index.json is left as it was."""
 
 
 class IndexUpdateFailed(PushError):

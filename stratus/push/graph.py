@@ -24,11 +24,12 @@ __all__ = ["PlannedBlob", "walk_image"]
 
 logger = logging.getLogger(__name__)
 
-# Layers that the image spec lets registries decline to hold; clients fetch them from
-# their `urls` instead, so a layout may lack them.
+# Non-distributable (OCI) and foreign (Docker) layers may be left out of registries and
+# layouts, because clients fetch them from the descriptor's `urls`.
 _NON_DISTRIBUTABLE_MARKERS = ("nondistributable", "foreign")
 
-# Indexes nest (a layout entry pointing at an index of indexes); real images stop at two.
+# Indexes may nest. BuildKit output has two levels (index.json, then one image index), so
+# this limit only stops a crafted layout.
 _MAX_DEPTH = 8
 
 
@@ -36,7 +37,7 @@ _MAX_DEPTH = 8
 class PlannedBlob:
     """A blob to upload: where it lies locally and how it is stored in the bucket.
 
-    `content` holds the bytes of manifests and indexes, which the walk has already read
+    `content` contains the bytes of manifests and indexes, which the walk has already read
     and verified; it is None for configs and layers, which are read at upload time.
     """
 

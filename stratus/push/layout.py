@@ -1,7 +1,7 @@
 """Reading an OCI image layout from a directory or from an uncompressed tarball, in place.
 
 Both forms are reduced to the same thing: the bytes of `oci-layout` and `index.json`,
-and for each blob a BlobSource, the byte range of a local file that holds it. For a
+and for each blob a BlobSource, the byte range of the local file that contains it. For a
 directory that is the whole blob file; for a tarball it is the member's data inside the
 archive, so nothing is ever unpacked. Upload workers open the file and read their own
 ranges from a BlobSource, which is small and picklable.
@@ -31,8 +31,8 @@ __all__ = ["BlobSource", "Layout", "LayoutIndex", "open_layout", "read_index_doc
 
 logger = logging.getLogger(__name__)
 
-# Small documents of the layout (oci-layout, index.json) are read whole; nothing real
-# comes near this, so a larger one is taken as a sign of a wrong file.
+# The layout's own documents (oci-layout, index.json) are read whole. Real ones are a few
+# KiB, so a larger file is rejected as the wrong file rather than read into memory.
 MAX_LAYOUT_DOCUMENT_SIZE = 64 * 1024 * 1024
 
 # Magic numbers of the compressed formats a user may hand over by mistake.
@@ -49,7 +49,7 @@ _MAX_LINK_HOPS = 16
 
 @dataclass(frozen=True, slots=True)
 class BlobSource:
-    """Where a blob's bytes lie on disk: `size` bytes of the file `path` from `offset`."""
+    """A blob's location on disk: `size` bytes of the file `path`, starting at byte `offset`."""
 
     path: str
     offset: int
@@ -76,10 +76,10 @@ class Layout(ABC):
 
     @abstractmethod
     def find_blob(self, digest: Digest) -> BlobSource | None:
-        """Return where the blob lies, or None when the layout does not have it."""
+        """Return the blob's location, or None when the layout does not contain it."""
 
     def read_blob(self, digest: Digest, source: BlobSource) -> bytes:
-        """Read a whole blob; meant for manifests and other small blobs only."""
+        """Read a whole blob into memory, so only for manifests and other small blobs."""
         try:
             data = _read_range(source)
         except OSError as error:

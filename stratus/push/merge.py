@@ -2,7 +2,7 @@
 
 The read-merge-write loop: read index.json and its ETag, put the new entry first, drop
 older entries carrying the same tag, and write back with `If-Match: <etag>` (or
-`If-None-Match: *` when there was no index.json). S3 answers 412 when another writer
+`If-None-Match: *` when there was no index.json). S3 returns 412 when another writer
 got there first; the loop then reads again and merges again. Because the write is one
 PUT, index.json is always either the old document or the new one.
 
@@ -37,7 +37,7 @@ __all__ = ["MAX_INDEX_SIZE", "merge_index", "update_index"]
 
 logger = logging.getLogger(__name__)
 
-# index.json grows by one small entry per tag; a larger one is refused rather than read.
+# index.json grows by one small entry per tag, so a larger one is rejected rather than read.
 MAX_INDEX_SIZE = 64 * 1024 * 1024
 
 DEFAULT_ATTEMPTS = 20

@@ -1,4 +1,4 @@
-"""What a push writes to its `log_output` stream: a progress bar on a terminal, plain lines elsewhere."""
+"""Progress output of a push on its `log_output` stream: a bar on a terminal, plain lines elsewhere."""
 
 from __future__ import annotations
 

@@ -25,11 +25,12 @@ from typing import TextIO
 import orjson
 
 from stratus.config import Config
+from stratus.oci.descriptor import Descriptor
 from stratus.oci.mediatypes import OCI_LAYOUT_HEADER
 from stratus.oci.reference import Digest
 from stratus.push.errors import IndexUpdateFailed, UploadFailed, UsageError
-from stratus.push.graph import walk_image
-from stratus.push.layout import open_layout, read_index_document
+from stratus.push.graph import PlannedBlob, walk_image
+from stratus.push.layout import Layout, open_layout, read_index_document
 from stratus.push.merge import update_index
 from stratus.push.names import validate_target
 from stratus.push.parts import DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE, MAX_OBJECT_SIZE, MIN_PART_SIZE
@@ -54,7 +55,7 @@ class PushResult:
     """The outcome of a push.
 
     `uploaded` and `skipped` list blob digests (manifests included) in plan order, children
-    before parents; `bytes_sent` counts blob bytes only. `part_worker_pids` holds the ids of the
+    before parents; `bytes_sent` counts blob bytes only. `part_worker_pids` contains the ids of the
     processes that sent multipart parts, empty when no blob needed parts.
     """
 
@@ -89,14 +90,18 @@ def push_oci_layout(
 
     `storage` must be open on `bucket`. Blobs larger than `multipart_threshold` bytes go
     up as multipart uploads whose parts (about `part_size` bytes, at least `min_part_size`)
-    are sent by `blob_upload_concurrency` worker processes. Each worker builds its own
-    storage: from `config` with open_storage(), or by calling `storage_factory`, which must
-    be picklable. With neither, threads of this process send the parts through `storage`.
+    are sent by `blob_upload_concurrency` worker processes, and as many blobs are uploaded
+    at once. Each worker builds its own storage, from `config` with open_storage() or by
+    calling `storage_factory`, which must be picklable. With neither, threads of this
+    process send the parts through `storage`. S3 rejects parts under 5 MiB except the
+    last, so lower `min_part_size` only for an endpoint configured to accept them.
 
-    `layout_reference` chooses the image when the layout holds several: a tag, a short
-    or full reference, or a digest. Progress goes to `log_output` (a bar on a terminal,
-    lines otherwise, nothing for None). Raises a PushError subclass on any failure, and
-    then index.json in the bucket is unchanged.
+    `layout_reference` chooses the image when the layout contains several: a tag, a short
+    or full reference, or a digest. Multipart uploads under the repository that started
+    more than `stale_upload_age` seconds ago, or that target a blob this push uploads,
+    are aborted first. Progress goes to `log_output` (a bar on a terminal, lines
+    otherwise, nothing for None). Raises a PushError subclass on any failure, and then
+    index.json in the bucket is unchanged.
     """
     validate_target(image_name, tag)
     factory = _resolve_storage_factory(config, storage_factory)
@@ -107,12 +112,7 @@ def push_oci_layout(
     progress = open_progress(log_output)
 
     opened = open_layout(layout)
-    images = group_images(read_index_document(opened).descriptors)
-    entry = select_image(images, layout_reference, opened.description)
-    blobs = walk_image(opened, entry)
-    for blob in blobs:
-        if blob.size > MAX_OBJECT_SIZE:
-            raise UploadFailed(f"blob {blob.digest} is {blob.size} bytes, more than the S3 object limit of 5 TiB")
+    entry, blobs = _plan_push(opened, layout_reference)
     total = sum(blob.size for blob in blobs)
     progress.message(
         f"Pushing {entry.digest} from {opened.description} to {image_name}:{tag} "
@@ -153,6 +153,17 @@ def push_oci_layout(
         bytes_sent=stats.bytes_sent,
         part_worker_pids=frozenset(stats.part_worker_pids),
     )
+
+
+def _plan_push(layout: Layout, layout_reference: str | None) -> tuple[Descriptor, list[PlannedBlob]]:
+    """Choose the image and list its blobs, checking all are present before any upload."""
+    images = group_images(read_index_document(layout).descriptors)
+    entry = select_image(images, layout_reference, layout.description)
+    blobs = walk_image(layout, entry)
+    for blob in blobs:
+        if blob.size > MAX_OBJECT_SIZE:
+            raise UploadFailed(f"blob {blob.digest} is {blob.size} bytes, more than the S3 object limit of 5 TiB")
+    return entry, blobs
 
 
 def _resolve_storage_factory(

@@ -61,7 +61,7 @@ def select_image(images: list[LayoutImage], choice: str | None, description: str
     """Return the entry to push: the only image, or the one `choice` names.
 
     Raises ImageNotChosen when the layout has no image, when it has several and `choice`
-    is None, or when `choice` matches no image or more than one; the message lists the images.
+    is None, or when `choice` matches no image or more than one. Its message lists the images.
     """
     if not images:
         raise ImageNotChosen(f"{description} contains no image: its index.json lists no manifests")

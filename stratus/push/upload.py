@@ -1,6 +1,6 @@
 """Uploading the planned blobs: existence checks, single PUTs, multipart uploads, stale upload cleanup.
 
-Configs and layers go up first, several at a time from a thread pool; the parts of a
+Configs and layers go up first, several at a time from a thread pool, and the parts of a
 large one are spread over the part workers. Manifests and indexes follow one by one in
 plan order, which puts children before parents. A blob is verified against its digest
 before it becomes visible under its key: a small blob is hashed in memory before its
@@ -45,7 +45,7 @@ _HASH_CHUNK = 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class TransferSettings:
-    """How blobs are sent: concurrency, and the sizes that decide single PUT versus parts."""
+    """Transfer settings: concurrency, and the sizes that decide between one PUT and parts."""
 
     concurrency: int = 4
     multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD
@@ -55,7 +55,7 @@ class TransferSettings:
 
 @dataclass(slots=True)
 class UploadStats:
-    """What an upload run did; updated from several threads under `lock`."""
+    """Counters of an upload run, updated from several threads under `lock`."""
 
     uploaded: list[Digest] = field(default_factory=list)
     skipped: list[Digest] = field(default_factory=list)
@@ -97,7 +97,7 @@ class BlobUploader:
             self._part_executor = None
 
     def find_missing(self, blobs: list[PlannedBlob]) -> list[PlannedBlob]:
-        """Return the blobs the bucket lacks (or holds with another size); count the others as skipped."""
+        """Return the blobs the bucket lacks or stores with another size; count the others as skipped."""
         with ThreadPoolExecutor(self._settings.concurrency, thread_name_prefix="stratus-stat") as threads:
             present = list(threads.map(self._is_present, blobs))
 
@@ -113,7 +113,7 @@ class BlobUploader:
     def upload(self, blobs: list[PlannedBlob]) -> None:
         """Upload `blobs`: configs and layers concurrently, then manifests in list order.
 
-        Raises the first failure after the other uploads in flight have ended; a failed
+        Raises the first failure after the other uploads in flight have ended. A failed
         multipart upload is aborted, so no partial or wrong object is ever completed.
         """
         self._progress.start(sum(blob.size for blob in blobs))

@@ -3,10 +3,11 @@
 botocore clients cannot be pickled, so each worker builds its own Storage once, in the
 pool initializer, from a picklable factory (for S3, `functools.partial(open_storage,
 config)`). A job carries only the file path, byte range, key, upload id and part number.
-The worker opens the file and reads its own range, so the parent never holds a blob.
+The worker opens the file and reads its own range, so the parent never reads a large
+blob into memory.
 
-Workers are started with the "spawn" method: forking a parent that already runs
-threads (botocore's connection pool, the caller's own threads) can deadlock a child.
+Workers are started with the "spawn" method because the pool is created while upload
+threads run, and a forked child inherits any lock another thread held at that moment.
 Every exception a worker raises crosses back to the parent by pickle, so workers raise
 only UploadFailed (a single string argument) or LayoutError, never botocore's errors.
 """
@@ -120,7 +121,7 @@ def _initialize_worker(storage_factory: StorageFactory, bucket: str) -> None:
     storage = storage_factory()
     storage_bucket = getattr(storage, "bucket", bucket)
     if storage_bucket != bucket:
-        # The pool reports a failed initializer only as a broken pool, so say why here.
+        # The pool reports a failed initializer only as a broken pool, so log the reason here.
         logger.error("Part upload worker %d: the storage factory opened bucket %r, not %r.",
                      os.getpid(), storage_bucket, bucket)
         raise UploadFailed(f"the storage factory opened bucket {storage_bucket!r}, not {bucket!r}")
