@@ -510,3 +510,28 @@ def test_command_draws_progress_bar_on_terminal(
     assert "\r\x1b[K[" in text
     assert "B/s" in text
     assert f"Pushed app:1.0 as {stdout.decode().strip()}" in text
+
+
+@pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")
+def test_push_skopeo_layout_with_stale_entry(
+    umoci_layout: Path, tmp_path: Path, storage: Storage, bucket: str, bucket_client: Any,
+) -> None:
+    destination = tmp_path / "skopeo"
+    run(["skopeo", "copy", f"oci:{umoci_layout}:1.0", f"oci:{destination}:docker.io/library/foo:2.0"])
+    first = push_oci_layout(storage, bucket, destination, "foo", "2.0", log_output=None)
+    assert_bucket_holds_image(bucket_client, bucket, "library/foo", umoci_layout, "2.0", first)
+
+    # Copying another image under the same name leaves the first entry without a name.
+    other = LayoutFiles()
+    other.set_index([dict(other.add_image([b"second image"]), annotations={REF_NAME: "1.0"})])
+    other_path = other.write_directory(tmp_path / "other")
+    run(["skopeo", "copy", f"oci:{other_path}:1.0", f"oci:{destination}:docker.io/library/foo:2.0"])
+    with pytest.raises(ImageNotChosen, match="contains 2 images"):
+        push_oci_layout(storage, bucket, destination, "foo", "3.0", log_output=None)
+    second = push_oci_layout(storage, bucket, destination, "foo", "3.0", log_output=None, layout_reference="foo:2.0")
+    assert second.digest != first.digest
+    index = orjson.loads(bucket_objects(bucket_client, bucket)["library/foo/index.json"][0])
+    assert [(entry["annotations"][REF_NAME], entry["digest"]) for entry in index["manifests"]] == [
+        ("3.0", str(second.digest)),
+        ("2.0", str(first.digest)),
+    ]
