@@ -22,8 +22,9 @@ from stratus.registry import errors
 from stratus.registry.content import ContentReader
 from stratus.registry.handlers import Handlers, Request, Response
 from stratus.registry.index_cache import IndexCache
+from stratus.registry.metrics import RegistryMetrics
 from stratus.registry.referrers import ReferrersFinder
-from stratus.registry.routes import Route, is_registry_path, match_path
+from stratus.registry.routes import Match, Route, is_registry_path, match_path
 from stratus.registry.types import Headers, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ access_logger = logging.getLogger("stratus.access")
 
 API_VERSION_HEADER = (b"docker-distribution-api-version", b"registry/2.0")
 _READ_METHODS = frozenset({"GET", "HEAD"})
+METRICS_PATH = "/metrics"
 
 
 class RegistryApp:
@@ -53,6 +55,7 @@ class RegistryApp:
             presign_expiry=config.presign_expiry,
         )
         handlers = Handlers(indexes, content, ReferrersFinder(indexes, content), config.index_freshness)
+        self.metrics = _build_metrics(store, indexes, content)
         self._routes: dict[Route, Callable[[Request], Awaitable[Response]]] = {
             Route.BASE: handlers.base,
             Route.MANIFEST: handlers.manifest,
@@ -72,25 +75,34 @@ class RegistryApp:
         method = scope["method"]
         raw_path = _raw_path(scope)
 
+        route, response = await self._dispatch(method, raw_path, scope)
+        await _send(send, response, method == "HEAD")
+
+        elapsed = time.perf_counter() - started
+        self.metrics.observe_request(route, method if method in _READ_METHODS else "other", response.status, elapsed)
+        if self._access_log:
+            access_logger.info("%s %s %d %.2fms", method, raw_path, response.status, elapsed * 1000)
+
+    async def _dispatch(self, method: str, raw_path: str, scope: Scope) -> tuple[str, Response]:
+        """Return the route name (for metrics) and the response, errors rendered."""
+        if raw_path == METRICS_PATH and method in _READ_METHODS:
+            content_type = self.metrics.content_type.encode()
+            return "metrics", Response(200, [(b"content-type", content_type)], self.metrics.render())
+
+        route = "unknown"
         try:
-            response = await self._respond(method, raw_path, scope)
+            if is_registry_path(raw_path) and method not in _READ_METHODS:
+                raise errors.MethodNotAllowed(detail={"method": method})
+            match = match_path(raw_path)
+            route = match.route.value
+            return route, await self._respond(method, match, raw_path, scope)
         except errors.RegistryError as error:
-            response = _error_response(error)
+            return route, _error_response(error)
         except Exception:
             logger.exception("Unhandled error while handling %s %s; responding 500.", method, raw_path)
-            response = _error_response(errors.InternalError())
+            return route, _error_response(errors.InternalError())
 
-        await _send(send, response, method == "HEAD")
-        if self._access_log:
-            access_logger.info(
-                "%s %s %d %.2fms", method, raw_path, response.status, (time.perf_counter() - started) * 1000
-            )
-
-    async def _respond(self, method: str, raw_path: str, scope: Scope) -> Response:
-        if is_registry_path(raw_path) and method not in _READ_METHODS:
-            raise errors.MethodNotAllowed(detail={"method": method})
-        match = match_path(raw_path)
-
+    async def _respond(self, method: str, match: Match, raw_path: str, scope: Scope) -> Response:
         request = Request(
             method=method,
             match=match,
@@ -101,9 +113,11 @@ class RegistryApp:
             return await self._routes[match.route](request)
         except storage.StorageThrottled as error:
             logger.warning("S3 is throttling: %s (responding 429 to %s %s).", error, method, raw_path)
+            self.metrics.s3_errors.labels("throttled").inc()
             raise errors.TooManyRequests() from None
         except storage.StorageError as error:
             logger.error("S3 is unavailable: %s (responding 503 to %s %s).", error, method, raw_path)
+            self.metrics.s3_errors.labels("unavailable").inc()
             raise errors.StorageUnavailable() from None
 
     async def _handle_lifespan(self, receive: Receive, send: Send) -> None:
@@ -119,6 +133,24 @@ class RegistryApp:
     async def _run_in_thread(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(function, *args, **kwargs))
+
+
+def _build_metrics(store: storage.Storage, indexes: IndexCache, content: ContentReader) -> RegistryMetrics:
+    metrics = RegistryMetrics()
+
+    def s3_requests() -> dict[tuple[str, ...], int]:
+        return {(): store.requests_sent}
+
+    def cache_counts(position: int) -> dict[tuple[str, ...], int]:
+        counts = {"index": (indexes.hits, indexes.misses), **content.cache_counts()}
+        return {(cache,): pair[position] for cache, pair in counts.items()}
+
+    metrics.add_counters("stratus_s3_requests", "Requests sent to S3, retries included.", [], s3_requests)
+    metrics.add_counters("stratus_cache_hits", "Lookups answered from memory, by cache.", ["cache"],
+                         lambda: cache_counts(0))
+    metrics.add_counters("stratus_cache_misses", "Lookups that needed S3 (or a new signature), by cache.",
+                         ["cache"], lambda: cache_counts(1))
+    return metrics
 
 
 def _raw_path(scope: Scope) -> str:

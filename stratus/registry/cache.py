@@ -20,6 +20,8 @@ class LRUCache(Generic[K, V]):
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
+        self.hits = 0
+        self.misses = 0
         self._items: OrderedDict[K, V] = OrderedDict()
 
     def __len__(self) -> int:
@@ -27,9 +29,16 @@ class LRUCache(Generic[K, V]):
 
     def get(self, key: K) -> V | None:
         value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
+        if value is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._items.move_to_end(key)
         return value
+
+    def peek(self, key: K) -> V | None:
+        """Return the value without counting a hit or changing its recency."""
+        return self._items.get(key)
 
     def put(self, key: K, value: V) -> None:
         if self.max_entries <= 0:
@@ -52,6 +61,8 @@ class SizedLRUCache(Generic[K, V]):
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.total_bytes = 0
+        self.hits = 0
+        self.misses = 0
         self._items: OrderedDict[K, tuple[V, int]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -60,7 +71,9 @@ class SizedLRUCache(Generic[K, V]):
     def get(self, key: K) -> V | None:
         item = self._items.get(key)
         if item is None:
+            self.misses += 1
             return None
+        self.hits += 1
         self._items.move_to_end(key)
         return item[0]
 

@@ -67,6 +67,8 @@ class ContentReader:
         )
         self._blobs: LRUCache[tuple[str, Digest], _BlobEntry] = LRUCache(blob_cache_entries)
         self._presign_expiry = int(presign_expiry)
+        self.urls_reused = 0
+        self.urls_signed = 0
 
     async def manifest(self, repository: str, digest: Digest, descriptor: Descriptor | None) -> ManifestContent:
         """Return the manifest stored under `digest`, checked against it.
@@ -94,7 +96,18 @@ class ContentReader:
             key = storage.blob_key(repository, digest)
             entry.url = self._storage.presign_get(key, self._presign_expiry)
             entry.url_expires_at = now + self._presign_expiry
+            self.urls_signed += 1
+        else:
+            self.urls_reused += 1
         return entry.url
+
+    def cache_counts(self) -> dict[str, tuple[int, int]]:
+        """Return (hits, misses) of the manifest, blob and presigned URL caches."""
+        return {
+            "manifest": (self._manifests.hits, self._manifests.misses),
+            "blob": (self._blobs.hits, self._blobs.misses),
+            "presigned_url": (self.urls_reused, self.urls_signed),
+        }
 
     async def _load_manifest(
         self, repository: str, digest: Digest, descriptor: Descriptor | None

@@ -59,12 +59,18 @@ class IndexCache:
         self._max_index_bytes = max_index_bytes
         self._entries: LRUCache[str, IndexEntry] = LRUCache(max_entries)
         self._refreshes: SingleFlight[str, IndexEntry] = SingleFlight()
+        # Lookups answered from memory within the window, and lookups that went to S3.
+        self.hits = 0
+        self.misses = 0
 
     async def entry(self, repository: str) -> IndexEntry:
         """Return the repository's entry, raising NameUnknown or InternalError."""
         entry = self._entries.get(repository)
         if entry is None or time.monotonic() - entry.checked_at >= self._freshness:
+            self.misses += 1
             entry = await self._refreshes.run(repository, lambda: self._refresh(repository))
+        else:
+            self.hits += 1
         return _usable(repository, entry)
 
     async def table(self, repository: str) -> IndexTable:
@@ -73,7 +79,7 @@ class IndexCache:
         return entry.table
 
     async def _refresh(self, repository: str) -> IndexEntry:
-        previous = self._entries.get(repository)
+        previous = self._entries.peek(repository)
         etag = previous.etag if previous is not None else None
         key = storage.index_key(repository)
         started = time.monotonic()

@@ -78,6 +78,11 @@ class MultipartUpload:
 class Storage(Protocol):
     """Keys and bytes in one bucket."""
 
+    @property
+    def requests_sent(self) -> int:
+        """Return how many requests this storage has sent to its backend, retries included."""
+        ...
+
     def get(self, key: str, *, max_bytes: int, if_none_match: str | None = None) -> StoredObject:
         """Read a whole object of at most `max_bytes` bytes.
 
