@@ -59,7 +59,7 @@ class IndexCache:
         self._max_index_bytes = max_index_bytes
         self._entries: LRUCache[str, IndexEntry] = LRUCache(max_entries)
         self._refreshes: SingleFlight[str, IndexEntry] = SingleFlight()
-        # Lookups answered from memory within the window, and lookups that went to S3.
+        # Lookups served from memory within the window, and lookups that went to S3.
         self.hits = 0
         self.misses = 0
 

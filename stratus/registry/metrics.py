@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-# Latency buckets in seconds: hot answers take well under a millisecond, S3 round trips tens.
+# Latency buckets in seconds: hot responses take well under a millisecond, S3 round trips tens of them.
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 CounterSource = Callable[[], dict[tuple[str, ...], int]]
