@@ -54,6 +54,12 @@ class RegistryProcess:
         return f"{LOOPBACK}:{self.port}"
 
     @property
+    def pid(self) -> int:
+        """Return the process id of the server (uvicorn's supervisor with several workers)."""
+        assert self._process is not None, "the registry was not started"
+        return self._process.pid
+
+    @property
     def returncode(self) -> int | None:
         return None if self._process is None else self._process.poll()
 
