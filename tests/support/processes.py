@@ -5,16 +5,20 @@ Every wait here has a time limit, so a hung child fails a test instead of hangin
 
 from __future__ import annotations
 
+import ctypes
 import http.client
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
+
+_PR_SET_PDEATHSIG = 1
 
 # Inherited settings that would leak into a child: the registry's own configuration, and
 # AWS settings that would point botocore at another profile or endpoint.
@@ -112,9 +116,11 @@ def wait_until_ready(
 def start_process(
     command: Sequence[str], *, environment: Mapping[str, str], log_path: Path
 ) -> subprocess.Popen[bytes]:
-    """Start `command` in its own session, with stdout and stderr appended to `log_path`.
+    """Start `command` in its own process group, with stdout and stderr appended to `log_path`.
 
     A file instead of a pipe means a chatty child can never block on a full pipe buffer.
+    On Linux the child also gets SIGTERM when the test process dies, so a killed pytest
+    run leaves no moto or registry behind.
     """
     with open(log_path, "ab") as log:
         return subprocess.Popen(
@@ -124,21 +130,38 @@ def start_process(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_terminate_with_parent if sys.platform == "linux" else None,
         )
 
 
+def _terminate_with_parent() -> None:
+    # prctl(PR_SET_PDEATHSIG, SIGTERM), see prctl(2). It fires when the thread that
+    # started the child exits, and fixtures start children from pytest's main thread.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def stop_process(process: subprocess.Popen[bytes], *, timeout: float = 5.0) -> None:
-    """Stop a child with SIGTERM, then SIGKILL after `timeout` seconds, and reap it."""
+    """Stop a child and its process group (uvicorn workers, for example) with SIGTERM, then
+    SIGKILL after `timeout` seconds, and reap it."""
     if process.poll() is not None:
         return
     try:
         # A child paused with SIGSTOP would hold SIGTERM pending until it is continued.
-        process.send_signal(signal.SIGCONT)
-        process.terminate()
+        _signal_group(process, signal.SIGCONT)
+        _signal_group(process, signal.SIGTERM)
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        process.kill()
+        _signal_group(process, signal.SIGKILL)
         process.wait(timeout=timeout)
+
+
+def _signal_group(process: subprocess.Popen[bytes], signal_number: int) -> None:
+    # start_process() made the child a session leader, so its group id is its pid.
+    try:
+        os.killpg(process.pid, signal_number)
+    except ProcessLookupError:
+        pass
 
 
 def _log_tail(log_path: Path | None, limit: int = 4000) -> str:
