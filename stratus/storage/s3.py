@@ -43,7 +43,7 @@ def build_client(config: Config) -> Any:
         s3={"addressing_style": "path" if config.s3_path_style else "virtual"},
         connect_timeout=config.s3_connect_timeout,
         read_timeout=config.s3_read_timeout,
-        retries={"mode": "standard", "max_attempts": config.s3_max_attempts},
+        retries={"mode": "standard", "total_max_attempts": config.s3_max_attempts},
         max_pool_connections=config.s3_max_connections,
     )
     return session.create_client(
