@@ -28,6 +28,7 @@ from stratus.push.graph import walk_image
 from stratus.push.layout import open_layout, read_index_document
 from stratus.push.names import image_names, normalize_reference, parse_target
 from stratus.push.selection import group_images, select_image
+from stratus.push.workers import UploadVanished
 
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 CREATED = "org.opencontainers.image.created"
@@ -359,6 +360,7 @@ def test_errors_survive_pickle() -> None:
         DigestMismatch("sha256:" + "a" * 64, "index.json", "its bytes hash to sha256:" + "c" * 64),
         UploadFailed("upload of part 2 of key failed"),
         LayoutError("layout broken"),
+        UploadVanished("multipart upload x of key was aborted by someone else"),
     ]
     for error in errors:
         copy = pickle.loads(pickle.dumps(error))

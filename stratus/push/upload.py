@@ -10,6 +10,7 @@ and CompleteMultipartUpload is sent only when the hash matched.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -207,7 +208,7 @@ class BlobUploader:
                     blob.source.path, blob.source.offset + part.offset, part.length, key, upload_id, part.number
                 )
                 future = self._submit_part(job)
-                future.add_done_callback(self._count_part)
+                future.add_done_callback(functools.partial(self._count_part, key))
                 futures.append(future)
 
             actual = _hash_source(blob.digest, blob.source)
@@ -256,10 +257,14 @@ class BlobUploader:
         except BrokenProcessPool as error:
             raise UploadFailed(f"the part upload processes stopped unexpectedly: {error}") from error
 
-    def _count_part(self, future: Future[PartResult]) -> None:
+    def _count_part(self, key: str, future: Future[PartResult]) -> None:
         if future.cancelled() or future.exception() is not None:
             return
         result = future.result()
+        # Logged here, in the pushing process, because spawned workers have no log handlers.
+        logger.debug(
+            "Part %d of %s (%d bytes) uploaded by process %d.", result.part_number, key, result.length, result.pid
+        )
         with self.stats.lock:
             self.stats.part_worker_pids.add(result.pid)
         self._count_sent(result.length)

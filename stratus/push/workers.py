@@ -109,7 +109,6 @@ def send_part(storage: Storage, job: PartJob) -> PartResult:
     except StorageError as error:
         # `from None`: the botocore exception behind a StorageError may not pickle.
         raise UploadFailed(f"upload of part {job.part_number} of {job.key} failed: {error}") from None
-    logger.debug("Part %d of %s (%d bytes) uploaded by process %d.", job.part_number, job.key, job.length, os.getpid())
     return PartResult(job.part_number, job.length, etag, os.getpid())
 
 
