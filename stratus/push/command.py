@@ -64,7 +64,8 @@ def run_push_command(config: Config, arguments: argparse.Namespace) -> int:
         storage = open_storage(config)
         result = push_oci_layout(
             storage,
-            config.s3_bucket,
+            # A storage other than S3 (a local directory) names its own location.
+            getattr(storage, "bucket", config.s3_bucket),
             arguments.layout,
             repository,
             tag,
