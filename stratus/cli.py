@@ -64,7 +64,12 @@ def _build_parser() -> argparse.ArgumentParser:
 def _settings_help() -> str:
     lines = ["settings (environment variables):"]
     for setting in SETTINGS:
-        default = "required" if setting.default is None else f"default {setting.default}"
+        if setting.default is None:
+            default = "required"
+        elif setting.default == "":
+            default = "optional"
+        else:
+            default = f"default {setting.default}"
         lines.append(f"  {setting.variable:34} {setting.help} ({default}; {setting.expected})")
     return "\n".join(lines)
 

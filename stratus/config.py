@@ -19,9 +19,14 @@ class ConfigError(ValueError):
     """A missing or malformed setting; the message names the variable and the expected form."""
 
 
+# The default of a setting that may stay unset; its field is then None.
+UNSET = ""
+
+
 @dataclass(frozen=True, slots=True)
 class Setting:
-    """One environment variable: its name, default (None when required) and meaning."""
+    """One environment variable: its name, default (None when required, UNSET when
+    optional) and meaning."""
 
     variable: str
     field: str
@@ -104,12 +109,14 @@ def _log_level(text: str) -> str:
 _MIB = 1024 * 1024
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("S3_ENDPOINT", "s3_endpoint", None, "host:port, optionally with an http:// or https:// prefix",
-            "S3 endpoint to read and write the bucket", _endpoint),
-    Setting("S3_ACCESS_KEY_ID", "s3_access_key_id", None, "a non-empty access key id",
-            "S3 access key id", _non_empty),
-    Setting("S3_SECRET_ACCESS_KEY", "s3_secret_access_key", None, "a non-empty secret key",
-            "S3 secret access key (never logged)", _non_empty),
+    Setting("S3_ENDPOINT", "s3_endpoint", UNSET, "host:port, optionally with an http:// or https:// prefix",
+            "S3 endpoint to read and write the bucket; unset, a local directory (STRATUS_DATA_DIR) is used", _endpoint),
+    Setting("S3_ACCESS_KEY_ID", "s3_access_key_id", UNSET, "a non-empty access key id",
+            "S3 access key id (required with S3_ENDPOINT)", _non_empty),
+    Setting("S3_SECRET_ACCESS_KEY", "s3_secret_access_key", UNSET, "a non-empty secret key",
+            "S3 secret access key (required with S3_ENDPOINT; never logged)", _non_empty),
+    Setting("S3_PUBLIC_ENDPOINT", "s3_public_endpoint", UNSET, "host:port, optionally with an http:// or https:// prefix",
+            "S3 endpoint that clients reach, used in redirect URLs when it differs from S3_ENDPOINT", _endpoint),
     Setting("S3_BUCKET_NAME", "s3_bucket", "zeabur-oci-registry", "an S3 bucket name (3-63 characters of a-z, 0-9, '.', '-')",
             "bucket that holds the repositories", _bucket),
     Setting("S3_USE_SSL", "s3_use_ssl", "false", "true or false",
@@ -122,10 +129,17 @@ SETTINGS: tuple[Setting, ...] = (
             "worker processes that upload parts of one push", _integer(1, 256)),
     Setting("PORT", "port", "3000", "an integer from 1 to 65535",
             "TCP port the registry listens on", _integer(1, 65535)),
+    Setting("STRATUS_DATA_DIR", "data_dir", "./stratus-data", "a directory path",
+            "directory that holds the repositories when S3_ENDPOINT is unset", _non_empty),
+    Setting("STRATUS_BLOB_PROXY", "blob_proxy", "false", "true or false",
+            "send blob bytes through the registry instead of redirecting to S3 (for buckets clients cannot reach)",
+            _boolean),
     Setting("STRATUS_HOST", "host", "0.0.0.0", "an IP address or host name",
             "address the registry listens on", _non_empty),
     Setting("STRATUS_WORKERS", "workers", "1", "an integer from 1 to 256",
             "uvicorn worker processes (also --workers)", _integer(1, 256)),
+    Setting("STRATUS_SHUTDOWN_TIMEOUT", "shutdown_timeout", "30", "seconds from 0 to 3600",
+            "how long SIGTERM waits for requests in flight before closing them", _seconds(0, 3600)),
     Setting("STRATUS_LOG_LEVEL", "log_level", "info", "one of " + ", ".join(_LOG_LEVELS),
             "lowest level of log lines written", _log_level),
     Setting("STRATUS_ACCESS_LOG", "access_log", "true", "true or false",
@@ -157,17 +171,21 @@ SETTINGS: tuple[Setting, ...] = (
 class Config:
     """Validated settings. Build it with load_config(); the field names follow SETTINGS."""
 
-    s3_endpoint: str
-    s3_access_key_id: str
-    s3_secret_access_key: str
+    s3_endpoint: str | None
+    s3_access_key_id: str | None
+    s3_secret_access_key: str | None
+    s3_public_endpoint: str | None
     s3_bucket: str
     s3_use_ssl: bool
     s3_region: str
     s3_path_style: bool
     multipart_upload_concurrency: int
     port: int
+    data_dir: str
+    blob_proxy: bool
     host: str
     workers: int
+    shutdown_timeout: float
     log_level: str
     access_log: bool
     index_freshness: float
@@ -182,15 +200,35 @@ class Config:
     s3_max_connections: int
 
     @property
+    def uses_s3(self) -> bool:
+        """Return True when the bucket is on S3, False for the local data directory."""
+        return self.s3_endpoint is not None
+
+    @property
     def s3_endpoint_url(self) -> str:
         """Return the endpoint as a URL; an explicit scheme in S3_ENDPOINT wins over S3_USE_SSL."""
-        if "://" in self.s3_endpoint:
-            return self.s3_endpoint
+        assert self.s3_endpoint is not None, "no S3 endpoint is configured"
+        return self._url(self.s3_endpoint)
+
+    @property
+    def s3_public_endpoint_url(self) -> str | None:
+        return None if self.s3_public_endpoint is None else self._url(self.s3_public_endpoint)
+
+    @property
+    def storage_location(self) -> str:
+        """Return where the repositories live, for log lines: the endpoint and bucket, or the directory."""
+        if self.uses_s3:
+            return f"bucket {self.s3_bucket} at {self.s3_endpoint_url}"
+        return f"directory {self.data_dir}"
+
+    def _url(self, endpoint: str) -> str:
+        if "://" in endpoint:
+            return endpoint
         scheme = "https" if self.s3_use_ssl else "http"
-        return f"{scheme}://{self.s3_endpoint}"
+        return f"{scheme}://{endpoint}"
 
     def __repr__(self) -> str:
-        return f"Config(endpoint={self.s3_endpoint_url!r}, bucket={self.s3_bucket!r}, secret=<hidden>)"
+        return f"Config({self.storage_location}, secret=<hidden>)"
 
 
 def load_config(environ: Mapping[str, str]) -> Config:
@@ -198,12 +236,27 @@ def load_config(environ: Mapping[str, str]) -> Config:
     values: dict[str, Any] = {}
     for setting in SETTINGS:
         text = environ.get(setting.variable)
-        if text is None or (text == "" and setting.default is not None):
+        if text is None and setting.default == UNSET:
+            values[setting.field] = None
+            continue
+        # An empty value means the default, except for optional settings, where it is
+        # more likely a mistake than a wish to leave them unset.
+        if text is None or (text == "" and setting.default not in (None, UNSET)):
             if setting.default is None:
                 raise ConfigError(f"{setting.variable} is not set: expected {setting.expected}")
             text = setting.default
         values[setting.field] = _parse(setting, text)
+
+    if values["s3_endpoint"] is not None:
+        for setting in SETTINGS:
+            if setting.variable in _REQUIRED_WITH_ENDPOINT and values[setting.field] is None:
+                raise ConfigError(
+                    f"{setting.variable} is not set: expected {setting.expected} (required with S3_ENDPOINT)"
+                )
     return Config(**values)
+
+
+_REQUIRED_WITH_ENDPOINT = ("S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY")
 
 
 def _parse(setting: Setting, text: str) -> Any:

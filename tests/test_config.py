@@ -75,7 +75,6 @@ def test_config_reads_only_given_mapping(monkeypatch: pytest.MonkeyPatch) -> Non
 @pytest.mark.parametrize(
     ("variable", "expected"),
     [
-        ("S3_ENDPOINT", ENDPOINT_FORM),
         ("S3_ACCESS_KEY_ID", "a non-empty access key id"),
         ("S3_SECRET_ACCESS_KEY", "a non-empty secret key"),
     ],
@@ -84,7 +83,18 @@ def test_config_missing_required_variable(variable: str, expected: str) -> None:
     environ = dict(REQUIRED)
     del environ[variable]
 
-    assert load_error(environ) == f"{variable} is not set: expected {expected}"
+    assert load_error(environ) == f"{variable} is not set: expected {expected} (required with S3_ENDPOINT)"
+
+
+def test_config_without_endpoint_uses_data_directory() -> None:
+    config = load_config({"STRATUS_DATA_DIR": "/srv/images"})
+
+    assert config.uses_s3 is False
+    assert config.s3_endpoint is None
+    assert config.s3_access_key_id is None
+    assert config.data_dir == "/srv/images"
+    assert config.storage_location == "directory /srv/images"
+    assert load_config({}).data_dir == "./stratus-data"
 
 
 def test_config_empty_secret_is_hidden() -> None:

@@ -26,10 +26,10 @@ def _serve(environment: dict[str, str], *arguments: str) -> subprocess.Completed
     [
         ({"S3_USE_SSL": "ture"}, "stratus: configuration error: S3_USE_SSL='ture' is invalid: expected true or false\n"),
         ({"PORT": "abc"}, "stratus: configuration error: PORT='abc' is invalid: expected an integer from 1 to 65535\n"),
-        ({"S3_ENDPOINT": None}, "stratus: configuration error: S3_ENDPOINT is not set: "
-                                "expected host:port, optionally with an http:// or https:// prefix\n"),
+        ({"S3_ACCESS_KEY_ID": None}, "stratus: configuration error: S3_ACCESS_KEY_ID is not set: "
+                                     "expected a non-empty access key id (required with S3_ENDPOINT)\n"),
         ({"S3_SECRET_ACCESS_KEY": None}, "stratus: configuration error: S3_SECRET_ACCESS_KEY is not set: "
-                                         "expected a non-empty secret key\n"),
+                                         "expected a non-empty secret key (required with S3_ENDPOINT)\n"),
         ({"STRATUS_INDEX_FRESHNESS": "-1"}, "stratus: configuration error: STRATUS_INDEX_FRESHNESS='-1' is invalid: "
                                             "expected seconds from 0 to 3600\n"),
     ],
@@ -66,6 +66,6 @@ def test_serve_logs_start_and_requests_without_secrets(registry: Any, stratus_en
         assert client.get("/v2/missing/manifests/latest").status_code == 404
     registry.stop()
     log = registry.stderr_text()
-    assert f"serving bucket {stratus_env['S3_BUCKET_NAME']} from http://{stratus_env['S3_ENDPOINT']}" in log
+    assert f"serving bucket {stratus_env['S3_BUCKET_NAME']} at http://{stratus_env['S3_ENDPOINT']}" in log
     assert "GET /v2/missing/manifests/latest 404 " in log
     assert stratus_env["S3_SECRET_ACCESS_KEY"] not in log

@@ -10,7 +10,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -54,7 +54,11 @@ class RegistryApp:
             blob_cache_entries=config.blob_cache_entries,
             presign_expiry=config.presign_expiry,
         )
-        handlers = Handlers(indexes, content, ReferrersFinder(indexes, content), config.index_freshness)
+        handlers = Handlers(
+            indexes, content, ReferrersFinder(indexes, content),
+            freshness=config.index_freshness,
+            send_blobs=config.blob_proxy or not store.can_presign,
+        )
         self.metrics = _build_metrics(store, indexes, content)
         self._routes: dict[Route, Callable[[Request], Awaitable[Response]]] = {
             Route.BASE: handlers.base,
@@ -108,6 +112,7 @@ class RegistryApp:
             match=match,
             query=scope.get("query_string", b""),
             if_none_match=_header(scope, b"if-none-match"),
+            range=_header(scope, b"range"),
         )
         try:
             return await self._routes[match.route](request)
@@ -179,5 +184,22 @@ async def _send(send: Send, response: Response, is_head: bool) -> None:
     if response.status != 304 and not any(name == b"content-length" for name, _ in headers):
         headers.append((b"content-length", str(len(response.body)).encode()))
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    if response.stream is not None and not is_head:
+        await _send_stream(send, response.stream)
+        return
     body = b"" if is_head or response.status == 304 else response.body
     await send({"type": "http.response.body", "body": body})
+
+
+async def _send_stream(send: Send, stream: AsyncGenerator[bytes, None]) -> None:
+    try:
+        async for chunk in stream:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except storage.StorageError as error:
+        # The status line is gone already. Returning without the last body message makes
+        # uvicorn close the connection, so the client sees fewer bytes than Content-Length.
+        logger.error("Sending a blob failed part way, closing the connection: %s.", error)
+        return
+    finally:
+        await stream.aclose()
+    await send({"type": "http.response.body", "body": b""})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from stratus import storage
@@ -108,6 +109,30 @@ class ContentReader:
             "blob": (self._blobs.hits, self._blobs.misses),
             "presigned_url": (self.urls_reused, self.urls_signed),
         }
+
+    async def open_blob(self, repository: str, digest: Digest, first: int, last: int) -> AsyncGenerator[bytes, None]:
+        """Open bytes `first` to `last` of a blob and return them as an async iterator.
+
+        The object is opened before this returns, so a missing blob raises BlobUnknown
+        here rather than after the response has started.
+        """
+        key = storage.blob_key(repository, digest)
+        try:
+            stream = await self._run(self._storage.open_read, key, first, last)
+        except storage.NotFound:
+            self._blobs.pop((repository, digest))
+            raise BlobUnknown(detail={"digest": str(digest)}) from None
+        return self._iterate(stream, repository, digest)
+
+    async def _iterate(self, stream: storage.ObjectStream, repository: str, digest: Digest) -> AsyncGenerator[bytes, None]:
+        try:
+            while True:
+                chunk = await self._run(next, stream.chunks, None)
+                if chunk is None:
+                    return
+                yield chunk
+        finally:
+            await self._run(stream.close)
 
     async def _load_manifest(
         self, repository: str, digest: Digest, descriptor: Descriptor | None

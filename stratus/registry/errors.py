@@ -12,6 +12,7 @@ Handlers raise them; the application renders them once, as the OCI error body
      +-- BlobUnknown            404 BLOB_UNKNOWN
      +-- EndpointUnknown        404 UNSUPPORTED
      +-- MethodNotAllowed       405 UNSUPPORTED
+     +-- RangeNotSatisfiable    416 RANGE_INVALID
      +-- TooManyRequests        429 TOOMANYREQUESTS
      +-- InternalError          500 UNKNOWN
      +-- StorageUnavailable     503 UNAVAILABLE
@@ -76,6 +77,17 @@ class MethodNotAllowed(RegistryError):
 
     def extra_headers(self) -> list[tuple[bytes, bytes]]:
         return [(b"allow", b"GET, HEAD")]
+
+
+class RangeNotSatisfiable(RegistryError):
+    code, status, message = "RANGE_INVALID", 416, "requested range not satisfiable"
+
+    def __init__(self, size: int) -> None:
+        super().__init__(detail={"size": size})
+        self.size = size
+
+    def extra_headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"content-range", f"bytes */{self.size}".encode())]
 
 
 class TooManyRequests(RegistryError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, quote
 
@@ -13,6 +14,7 @@ from stratus.oci.reference import Digest, InvalidDigest, is_valid_tag, parse_dig
 from stratus.registry.content import ContentReader
 from stratus.registry.errors import DigestInvalid, ManifestUnknown, PaginationInvalid
 from stratus.registry.index_cache import IndexCache
+from stratus.registry.ranges import parse_range
 from stratus.registry.referrers import ReferrersFinder, referrers_index
 from stratus.registry.routes import Match
 from stratus.registry.types import Headers
@@ -33,6 +35,7 @@ class Request:
     match: Match
     query: bytes = b""
     if_none_match: bytes | None = None
+    range: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -42,17 +45,27 @@ class Response:
     status: int
     headers: Headers = field(default_factory=list)
     body: bytes = b""
+    # Set instead of `body` for blobs the registry sends itself; Content-Length is in `headers`.
+    stream: AsyncGenerator[bytes, None] | None = None
 
 
 class Handlers:
     """The registry's routes, over the index cache, the content reader and the referrers finder."""
 
     def __init__(
-        self, indexes: IndexCache, content: ContentReader, referrers: ReferrersFinder, freshness: float
+        self,
+        indexes: IndexCache,
+        content: ContentReader,
+        referrers: ReferrersFinder,
+        *,
+        freshness: float,
+        send_blobs: bool,
     ) -> None:
         self._indexes = indexes
         self._content = content
         self._referrers = referrers
+        # True when blob bytes go through this server (proxy mode, or a store that cannot presign).
+        self._send_blobs = send_blobs
         # By-tag responses may be cached downstream at most as long as this server caches the tag.
         self._tag_cache_control = f"public, max-age={math.floor(freshness)}".encode()
 
@@ -100,14 +113,19 @@ class Handlers:
         size = await self._content.blob_size(repository, digest)
         digest_header = str(digest).encode()
 
+        headers: Headers = [
+            (b"content-type", OCTET_STREAM.encode()),
+            (b"docker-content-digest", digest_header),
+            (b"etag", b'"' + digest_header + b'"'),
+        ]
+        if self._send_blobs:
+            headers.append((b"accept-ranges", b"bytes"))
         if request.method == "HEAD":
-            # A URL presigned for GET fails a HEAD, so HEAD is answered here, never redirected.
-            return Response(200, [
-                (b"content-type", OCTET_STREAM.encode()),
-                (b"docker-content-digest", digest_header),
-                (b"etag", b'"' + digest_header + b'"'),
-                (b"content-length", str(size).encode()),
-            ])
+            # A URL presigned for GET fails a HEAD, so the server responds to HEAD itself, never with a redirect.
+            return Response(200, [*headers, (b"content-length", str(size).encode())])
+
+        if self._send_blobs:
+            return await self._send_blob(repository, digest, size, request.range, headers)
 
         url = await self._content.blob_url(repository, digest)
         return Response(307, [
@@ -115,6 +133,22 @@ class Handlers:
             (b"docker-content-digest", digest_header),
             (b"cache-control", NO_STORE),
         ])
+
+    async def _send_blob(
+        self, repository: str, digest: Digest, size: int, range_header: bytes | None, headers: Headers
+    ) -> Response:
+        selected = parse_range(range_header, size)
+        if selected is None:
+            first, last, status = 0, size - 1, 200
+        else:
+            (first, last), status = selected, 206
+            headers.append((b"content-range", f"bytes {first}-{last}/{size}".encode()))
+        headers.append((b"content-length", str(last - first + 1).encode()))
+
+        if size == 0:
+            return Response(status, headers)
+        stream = await self._content.open_blob(repository, digest, first, last)
+        return Response(status, headers, stream=stream)
 
     async def tags(self, request: Request) -> Response:
         repository = request.match.repository

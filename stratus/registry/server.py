@@ -48,9 +48,9 @@ def run_server(config: Config, *, workers: int) -> int:
     log_config = logging_config(config.log_level)
     logging.config.dictConfig(log_config)
     logger.info(
-        "Stratus %s serving bucket %s from %s on %s:%d with %d worker(s); index freshness %gs, "
+        "Stratus %s serving %s on %s:%d with %d worker(s); index freshness %gs, "
         "manifest cache %d bytes, blob cache %d entries, presign expiry %ds.",
-        __version__, config.s3_bucket, config.s3_endpoint_url, config.host, config.port, workers,
+        __version__, config.storage_location, config.host, config.port, workers,
         config.index_freshness, config.manifest_cache_bytes, config.blob_cache_entries, config.presign_expiry,
     )
     uvicorn.run(

@@ -12,6 +12,7 @@ from stratus.storage.base import (
     NotFound,
     NotModified,
     ObjectInfo,
+    ObjectStream,
     ObjectTooLarge,
     PreconditionFailed,
     Storage,
@@ -30,6 +31,7 @@ __all__ = [
     "NotFound",
     "NotModified",
     "ObjectInfo",
+    "ObjectStream",
     "ObjectTooLarge",
     "PreconditionFailed",
     "Storage",
@@ -46,7 +48,12 @@ __all__ = [
 
 
 def open_storage(config: Config) -> Storage:
-    """Build the storage the configuration names."""
+    """Build the storage the configuration names: S3 when S3_ENDPOINT is set, else the data directory."""
+    if not config.uses_s3:
+        from stratus.storage.local import LocalStorage
+
+        return LocalStorage(config.data_dir)
+
     from stratus.storage.s3 import S3Storage
 
     return S3Storage(config)

@@ -13,6 +13,7 @@ All methods are synchronous and thread-safe; the registry calls them from a thre
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
@@ -66,6 +67,24 @@ class StoredObject:
     content_type: str | None
 
 
+@dataclass(slots=True)
+class ObjectStream:
+    """An open read of bytes `start` to `end` (inclusive) of an object of `size` bytes.
+
+    Iterate `chunks` to read, and call `close` when done, read to the end or not.
+    """
+
+    size: int
+    start: int
+    end: int
+    chunks: Iterator[bytes]
+    close: Callable[[], None]
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
 @dataclass(frozen=True, slots=True)
 class MultipartUpload:
     """A multipart upload that was started and neither completed nor aborted."""
@@ -77,6 +96,9 @@ class MultipartUpload:
 
 class Storage(Protocol):
     """Keys and bytes in one bucket."""
+
+    #: Whether presign_get works; a storage without it has its blobs sent by the registry.
+    can_presign: bool
 
     @property
     def requests_sent(self) -> int:
@@ -95,8 +117,19 @@ class Storage(Protocol):
         """Return size, ETag and content type of an object."""
         ...
 
+    def open_read(self, key: str, start: int = 0, end: int | None = None) -> ObjectStream:
+        """Open bytes `start` to `end` (inclusive; None means the last byte) for streaming.
+
+        The caller checks the range against the object's size first (see stat).
+        """
+        ...
+
     def presign_get(self, key: str, expires_in: int) -> str:
         """Return a URL that lets anyone GET the object for `expires_in` seconds."""
+        ...
+
+    def ping(self) -> None:
+        """Check that the bucket is reachable, raising a StorageError when it is not."""
         ...
 
     def put(

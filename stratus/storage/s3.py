@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from typing import Any, BinaryIO, NoReturn
 
 import botocore.session
@@ -16,6 +17,7 @@ from stratus.storage.base import (
     NotFound,
     NotModified,
     ObjectInfo,
+    ObjectStream,
     ObjectTooLarge,
     PreconditionFailed,
     StorageThrottled,
@@ -30,12 +32,15 @@ _THROTTLE_CODES = frozenset(
     {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests", "429"}
 )
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchUpload"})
+# Streamed reads (proxy mode) hand out the body in chunks of this many bytes.
+STREAM_CHUNK_SIZE = 256 * 1024
+
 # S3 returns 409 ConditionalRequestConflict when two conditional writes of one key overlap;
 # the caller retries it exactly as a lost If-Match.
 _PRECONDITION_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict"})
 
 
-def build_client(config: Config) -> Any:
+def build_client(config: Config, endpoint_url: str | None = None) -> Any:
     """Create a botocore S3 client with explicit timeouts, retries, pool size and SigV4."""
     session = botocore.session.get_session()
     client_config = BotocoreConfig(
@@ -48,7 +53,7 @@ def build_client(config: Config) -> Any:
     )
     return session.create_client(
         "s3",
-        endpoint_url=config.s3_endpoint_url,
+        endpoint_url=endpoint_url or config.s3_endpoint_url,
         region_name=config.s3_region,
         aws_access_key_id=config.s3_access_key_id,
         aws_secret_access_key=config.s3_secret_access_key,
@@ -59,9 +64,15 @@ def build_client(config: Config) -> Any:
 class S3Storage:
     """A bucket on an S3 endpoint; see stratus.storage.base.Storage for the contract."""
 
+    can_presign = True
+
     def __init__(self, config: Config) -> None:
         self.bucket = config.s3_bucket
         self._client = build_client(config)
+        # Presigned URLs name the host clients reach, which may differ from the one this
+        # process talks to. Signing is local, so this client never sends a request.
+        public_url = config.s3_public_endpoint_url
+        self._presign_client = build_client(config, public_url) if public_url else self._client
         self._requests_sent = 0
         self._count_lock = threading.Lock()
         self._client.meta.events.register("before-send.s3", self._count_request)
@@ -96,8 +107,19 @@ class S3Storage:
         response = self._call("head_object", key, Bucket=self.bucket, Key=key)
         return ObjectInfo(response["ContentLength"], response["ETag"], response.get("ContentType"))
 
+    def open_read(self, key: str, start: int = 0, end: int | None = None) -> ObjectStream:
+        byte_range = f"bytes={start}-" if end is None else f"bytes={start}-{end}"
+        response = self._call("get_object", key, Bucket=self.bucket, Key=key, Range=byte_range)
+        body = response["Body"]
+        size = _total_size(response)
+        last = start + response["ContentLength"] - 1
+        return ObjectStream(size, start, last, _guarded_chunks(body, key), body.close)
+
+    def ping(self) -> None:
+        self._call("head_bucket", self.bucket, Bucket=self.bucket)
+
     def presign_get(self, key: str, expires_in: int) -> str:
-        return self._client.generate_presigned_url(
+        return self._presign_client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_in
         )
 
@@ -174,6 +196,21 @@ class S3Storage:
     def _count_request(self, **_: Any) -> None:
         with self._count_lock:
             self._requests_sent += 1
+
+
+def _total_size(response: dict[str, Any]) -> int:
+    content_range = response.get("ContentRange")
+    if content_range:
+        return int(content_range.rsplit("/", 1)[1])
+    return int(response["ContentLength"])
+
+
+def _guarded_chunks(body: Any, key: str) -> Iterator[bytes]:
+    """Yield the body's chunks, turning a connection lost mid-body into StorageUnavailable."""
+    try:
+        yield from body.iter_chunks(STREAM_CHUNK_SIZE)
+    except BotoCoreError as error:
+        raise StorageUnavailable(f"reading {key} failed: {error}") from error
 
 
 def _raise_translated(error: ClientError, operation: str, key: str) -> NoReturn:
