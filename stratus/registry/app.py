@@ -33,6 +33,8 @@ access_logger = logging.getLogger("stratus.access")
 API_VERSION_HEADER = (b"docker-distribution-api-version", b"registry/2.0")
 _READ_METHODS = frozenset({"GET", "HEAD"})
 METRICS_PATH = "/metrics"
+LIVENESS_PATH = "/healthz"
+READINESS_PATH = "/readyz"
 
 
 class RegistryApp:
@@ -89,9 +91,8 @@ class RegistryApp:
 
     async def _dispatch(self, method: str, raw_path: str, scope: Scope) -> tuple[str, Response]:
         """Return the route name (for metrics) and the response, errors rendered."""
-        if raw_path == METRICS_PATH and method in _READ_METHODS:
-            content_type = self.metrics.content_type.encode()
-            return "metrics", Response(200, [(b"content-type", content_type)], self.metrics.render())
+        if method in _READ_METHODS and raw_path in (METRICS_PATH, LIVENESS_PATH, READINESS_PATH):
+            return await self._operations_response(raw_path)
 
         route = "unknown"
         try:
@@ -105,6 +106,22 @@ class RegistryApp:
         except Exception:
             logger.exception("Unhandled error while handling %s %s; responding 500.", method, raw_path)
             return route, _error_response(errors.InternalError())
+
+    async def _operations_response(self, raw_path: str) -> tuple[str, Response]:
+        """Respond to the metrics, liveness and readiness endpoints, which live outside /v2/."""
+        if raw_path == METRICS_PATH:
+            content_type = self.metrics.content_type.encode()
+            return "metrics", Response(200, [(b"content-type", content_type)], self.metrics.render())
+        if raw_path == LIVENESS_PATH:
+            return "health", Response(200, [(b"content-type", b"application/json")], b'{"status":"ok"}')
+
+        try:
+            await self._run_in_thread(self.storage.ping)
+        except storage.StorageError as error:
+            logger.warning("Readiness check failed: the storage is unreachable (%s).", error)
+            body = orjson.dumps({"status": "unavailable", "reason": "the storage backend is unreachable"})
+            return "ready", Response(503, [(b"content-type", b"application/json")], body)
+        return "ready", Response(200, [(b"content-type", b"application/json")], b'{"status":"ready"}')
 
     async def _respond(self, method: str, match: Match, raw_path: str, scope: Scope) -> Response:
         request = Request(
@@ -132,6 +149,7 @@ class RegistryApp:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 self._executor.shutdown(wait=False, cancel_futures=True)
+                logger.info("Stratus worker stopped.")
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

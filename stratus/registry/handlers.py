@@ -110,9 +110,17 @@ class Handlers:
         repository = request.match.repository
         digest = _parse_digest(request.match.reference)
         await self._indexes.table(repository)
-        size = await self._content.blob_size(repository, digest)
         digest_header = str(digest).encode()
 
+        if request.method == "GET" and not self._send_blobs:
+            url = await self._content.blob_url(repository, digest)
+            return Response(307, [
+                (b"location", url.encode("latin-1")),
+                (b"docker-content-digest", digest_header),
+                (b"cache-control", NO_STORE),
+            ])
+
+        size = await self._content.blob_size(repository, digest)
         headers: Headers = [
             (b"content-type", OCTET_STREAM.encode()),
             (b"docker-content-digest", digest_header),
@@ -123,16 +131,7 @@ class Handlers:
         if request.method == "HEAD":
             # A URL presigned for GET fails a HEAD, so the server responds to HEAD itself, never with a redirect.
             return Response(200, [*headers, (b"content-length", str(size).encode())])
-
-        if self._send_blobs:
-            return await self._send_blob(repository, digest, size, request.range, headers)
-
-        url = await self._content.blob_url(repository, digest)
-        return Response(307, [
-            (b"location", url.encode("latin-1")),
-            (b"docker-content-digest", digest_header),
-            (b"cache-control", NO_STORE),
-        ])
+        return await self._send_blob(repository, digest, size, request.range, headers)
 
     async def _send_blob(
         self, repository: str, digest: Digest, size: int, range_header: bytes | None, headers: Headers

@@ -33,9 +33,9 @@ def parse_range(header: bytes | None, size: int) -> tuple[int, int] | None:
         return max(size - suffix, 0), size - 1
 
     first = int(first_text)
+    if first >= size:
+        raise RangeNotSatisfiable(size)
     last = size - 1 if last_text == b"" else int(last_text)
     if last < first:
         return None
-    if first >= size:
-        raise RangeNotSatisfiable(size)
     return first, min(last, size - 1)

@@ -63,6 +63,6 @@ def run_server(config: Config, *, workers: int) -> int:
         access_log=False,
         server_header=False,
         date_header=False,
+        timeout_graceful_shutdown=config.shutdown_timeout,
     )
-    logger.info("Stratus stopped.")
     return 0

@@ -84,6 +84,11 @@ class RegistryProcess:
             log_path=self.log_path,
         )
 
+    def wait(self, timeout: float) -> int:
+        """Wait for the server to exit by itself and return its exit status."""
+        assert self._process is not None, "the registry was not started"
+        return self._process.wait(timeout=timeout)
+
     def stop(self) -> None:
         """Send SIGTERM, then SIGKILL if the server is still running after 5 seconds."""
         if self._process is not None:
