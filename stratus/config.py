@@ -221,6 +221,14 @@ class Config:
             return f"bucket {self.s3_bucket} at {self.s3_endpoint_url}"
         return f"directory {self.data_dir}"
 
+    def public_settings(self) -> dict[str, Any]:
+        """Return every setting in effect by variable name, with the secret key left out."""
+        return {
+            setting.variable: getattr(self, setting.field)
+            for setting in SETTINGS
+            if setting.variable != "S3_SECRET_ACCESS_KEY"
+        }
+
     def _url(self, endpoint: str) -> str:
         if "://" in endpoint:
             return endpoint

@@ -140,7 +140,7 @@ def test_redirect_signed_for_public_endpoint(
     config = load_config(stratus_env)
     push_oci_layout(storage, config.s3_bucket, layout.path, "app", "1.0", log_output=None, config=config)
     port = stratus_env["S3_ENDPOINT"].rsplit(":", 1)[1]
-    # The server talks to 127.0.0.1; clients are told to use localhost, another name for it.
+    # The server talks to 127.0.0.1, and redirects send clients to localhost, another name for it.
     registry = registry_factory({"S3_PUBLIC_ENDPOINT": f"http://localhost:{port}"})
 
     digest = _largest_layer(layout)
@@ -247,7 +247,7 @@ def test_sigterm_lets_slow_request_finish(
         with httpx.Client(base_url=registry.url, timeout=60) as client:
             results.append(client.get("/v2/app/manifests/1.0"))
 
-    isolated_s3_server.pause()  # S3 stops answering, so the request waits on it
+    isolated_s3_server.pause()  # S3 stops responding, so the request waits for it
     thread = threading.Thread(target=slow_request)
     thread.start()
     time.sleep(1.0)  # let the request reach the server; nothing below is timed

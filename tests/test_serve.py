@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from stratus.config import SETTINGS
@@ -61,11 +62,33 @@ def test_serve_with_two_workers(registry_factory: Any) -> None:
             assert client.get("/v2/").status_code == 200
 
 
-def test_serve_logs_start_and_requests_without_secrets(registry: Any, stratus_env: dict[str, str]) -> None:
+def test_serve_logs_json_without_secrets(registry: Any, stratus_env: dict[str, str]) -> None:
     with httpx.Client(base_url=registry.url, timeout=30) as client:
         assert client.get("/v2/missing/manifests/latest").status_code == 404
     registry.stop()
     log = registry.stderr_text()
-    assert f"serving bucket {stratus_env['S3_BUCKET_NAME']} at http://{stratus_env['S3_ENDPOINT']}" in log
-    assert "GET /v2/missing/manifests/latest 404 " in log
     assert stratus_env["S3_SECRET_ACCESS_KEY"] not in log
+
+    records = [orjson.loads(line) for line in log.splitlines() if line.startswith("{")]
+    start = next(record for record in records if record["message"].startswith("Stratus 0.1.0 serving"))
+    assert start["level"] == "info"
+    assert start["version"] == "0.1.0"
+    assert start["settings"]["S3_BUCKET_NAME"] == stratus_env["S3_BUCKET_NAME"]
+    assert start["settings"]["S3_ENDPOINT"] == stratus_env["S3_ENDPOINT"]
+    assert "S3_SECRET_ACCESS_KEY" not in start["settings"]
+    assert f"serving bucket {stratus_env['S3_BUCKET_NAME']} at http://{stratus_env['S3_ENDPOINT']}" in start["message"]
+
+    access = [record for record in records if record["logger"] == "stratus.access"]
+    assert [(record["method"], record["path"], record["status"]) for record in access] == [
+        ("GET", "/v2/", 200), ("GET", "/v2/missing/manifests/latest", 404),
+    ]
+    assert all(isinstance(record["duration_ms"], float) for record in access)
+    assert any(record["message"] == "Stratus worker stopped." for record in records)
+
+
+def test_serve_log_level_warning_hides_access_lines(registry_factory: Any) -> None:
+    registry = registry_factory({"STRATUS_LOG_LEVEL": "warning"})
+    with httpx.Client(base_url=registry.url, timeout=30) as client:
+        assert client.get("/v2/").status_code == 200
+    registry.stop()
+    assert "stratus.access" not in registry.stderr_text()

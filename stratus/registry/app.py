@@ -87,7 +87,11 @@ class RegistryApp:
         elapsed = time.perf_counter() - started
         self.metrics.observe_request(route, method if method in _READ_METHODS else "other", response.status, elapsed)
         if self._access_log:
-            access_logger.info("%s %s %d %.2fms", method, raw_path, response.status, elapsed * 1000)
+            duration_ms = round(elapsed * 1000, 3)
+            access_logger.info(
+                "%s %s %d %.2fms", method, raw_path, response.status, duration_ms,
+                extra={"method": method, "path": raw_path, "status": response.status, "duration_ms": duration_ms},
+            )
 
     async def _dispatch(self, method: str, raw_path: str, scope: Scope) -> tuple[str, Response]:
         """Return the route name (for metrics) and the response, errors rendered."""

@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import logging.config
 import os
-from typing import Any
 
 import uvicorn
 
 from stratus import __version__, storage
 from stratus.config import Config, load_config
 from stratus.registry.app import RegistryApp
+from stratus.registry.logs import logging_config
 
 logger = logging.getLogger("stratus")
 
@@ -20,27 +20,6 @@ def create_app() -> RegistryApp:
     """Build the application from the environment; uvicorn calls this in each worker process."""
     config = load_config(os.environ)
     return RegistryApp(config, storage.open_storage(config))
-
-
-def logging_config(level: str) -> dict[str, Any]:
-    """Return a dictConfig that writes Stratus's and uvicorn's lines to stderr."""
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {
-            "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
-        },
-        "handlers": {
-            "stderr": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"},
-        },
-        "loggers": {
-            "stratus": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
-            "uvicorn": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
-            # Stratus writes its own access line, with the time taken; uvicorn's would repeat it.
-            "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
-            "botocore": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
-        },
-    }
 
 
 def run_server(config: Config, *, workers: int) -> int:
@@ -52,6 +31,7 @@ def run_server(config: Config, *, workers: int) -> int:
         "manifest cache %d bytes, blob cache %d entries, presign expiry %ds.",
         __version__, config.storage_location, config.host, config.port, workers,
         config.index_freshness, config.manifest_cache_bytes, config.blob_cache_entries, config.presign_expiry,
+        extra={"version": __version__, "settings": config.public_settings()},
     )
     uvicorn.run(
         "stratus.registry.server:create_app",
