@@ -86,6 +86,7 @@ def machine_info() -> dict[str, Any]:
         },
         "load_average_at_start": list(os.getloadavg()),
         "git": _git_state(),
+        "stratus_path": _stratus_path(),
     }
 
 
@@ -100,7 +101,8 @@ def format_machine(info: dict[str, Any]) -> str:
         f"Python {info['python']}; {packages}",
         f"Tools: {tools}" + ("; hey installed" if info["tools"].get("hey") else ""),
         f"Load average at start: {' '.join(f'{value:.2f}' for value in info['load_average_at_start'])}",
-        f"Source: commit {git['commit']}" + (" with uncommitted changes under stratus/" if git["dirty"] else ""),
+        f"Repository: commit {git['commit']}" + (" with uncommitted changes under stratus/" if git["dirty"] else "")
+        + f"; stratus imported from {info['stratus_path']}",
     ])
 
 
@@ -141,6 +143,15 @@ def _package_version(name: str) -> str | None:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def _stratus_path() -> str | None:
+    """Return the directory stratus is imported from, which may be an install of another commit."""
+    try:
+        import stratus
+    except ImportError:
+        return None
+    return str(Path(stratus.__file__).resolve().parent)
 
 
 def _git_state() -> dict[str, Any]:

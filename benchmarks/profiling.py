@@ -31,15 +31,16 @@ class Profile:
     samples: int
     self_counts: Counter[str]
     inclusive_counts: Counter[str]
+    stacks: list[tuple[frozenset[str], int]]
 
     def top(self, count: int, *, inclusive: bool) -> list[tuple[str, int, float]]:
         counts = self.inclusive_counts if inclusive else self.self_counts
         return [(frame, hits, hits / self.samples) for frame, hits in counts.most_common(count)]
 
     def share_of(self, predicate: Callable[[str], bool]) -> float:
-        """Return the share of samples whose stack has a frame matching `predicate`."""
-        matching = sum(hits for frame, hits in self.inclusive_counts.items() if predicate(frame))
-        return min(matching / self.samples, 1.0) if self.samples else 0.0
+        """Return the share of samples whose stack has at least one frame matching `predicate`."""
+        matching = sum(hits for frames, hits in self.stacks if any(predicate(frame) for frame in frames))
+        return matching / self.samples if self.samples else 0.0
 
 
 def py_spy_path() -> str | None:
@@ -67,6 +68,7 @@ def read_profile(path: Path) -> Profile:
     """Aggregate py-spy raw output. Frames that differ only by line number count as one."""
     self_counts: Counter[str] = Counter()
     inclusive_counts: Counter[str] = Counter()
+    stacks: list[tuple[frozenset[str], int]] = []
     samples = 0
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -76,9 +78,11 @@ def read_profile(path: Path) -> Profile:
         frames = [_frame_name(frame) for frame in stack.split(";")]
         samples += count
         self_counts[frames[-1]] += count
-        for frame in set(frames):
+        distinct = frozenset(frames)
+        stacks.append((distinct, count))
+        for frame in distinct:
             inclusive_counts[frame] += count
-    return Profile(samples, self_counts, inclusive_counts)
+    return Profile(samples, self_counts, inclusive_counts, stacks)
 
 
 def summarize(profile: Profile, *, top: int = 25) -> dict[str, Any]:
