@@ -22,18 +22,20 @@ from stratus.registry import errors
 from stratus.registry.content import ContentReader
 from stratus.registry.handlers import Handlers, Request, Response
 from stratus.registry.index_cache import IndexCache
+from stratus.registry.logs import AccessLog
 from stratus.registry.metrics import RegistryMetrics
 from stratus.registry.referrers import ReferrersFinder
 from stratus.registry.routes import Match, Route, is_registry_path, match_path
 from stratus.registry.types import Headers, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
-access_logger = logging.getLogger("stratus.access")
 
 API_VERSION_HEADER = (b"docker-distribution-api-version", b"registry/2.0")
 _READ_METHODS = frozenset({"GET", "HEAD"})
 METRICS_PATH = "/metrics"
 LIVENESS_PATH = "/healthz"
+# Hot pulls repeat the same few paths; matching each once saves the parsing on every request.
+MAX_REMEMBERED_PATHS = 4096
 READINESS_PATH = "/readyz"
 
 
@@ -43,7 +45,8 @@ class RegistryApp:
     def __init__(self, config: Config, store: storage.Storage) -> None:
         self.storage = store
         self._executor = ThreadPoolExecutor(max_workers=config.s3_max_connections, thread_name_prefix="stratus-s3")
-        self._access_log = config.access_log
+        self._access_log = AccessLog(config.access_log)
+        self._matches: dict[str, Match] = {}
         indexes = IndexCache(
             store, self._run_in_thread,
             freshness=config.index_freshness,
@@ -86,12 +89,8 @@ class RegistryApp:
 
         elapsed = time.perf_counter() - started
         self.metrics.observe_request(route, method if method in _READ_METHODS else "other", response.status, elapsed)
-        if self._access_log:
-            duration_ms = round(elapsed * 1000, 3)
-            access_logger.info(
-                "%s %s %d %.2fms", method, raw_path, response.status, duration_ms,
-                extra={"method": method, "path": raw_path, "status": response.status, "duration_ms": duration_ms},
-            )
+        if self._access_log.enabled:
+            self._access_log.record(method, raw_path, response.status, round(elapsed * 1000, 3))
 
     async def _dispatch(self, method: str, raw_path: str, scope: Scope) -> tuple[str, Response]:
         """Return the route name (for metrics) and the response, errors rendered."""
@@ -102,7 +101,7 @@ class RegistryApp:
         try:
             if is_registry_path(raw_path) and method not in _READ_METHODS:
                 raise errors.MethodNotAllowed(detail={"method": method})
-            match = match_path(raw_path)
+            match = self._match(raw_path)
             route = match.route.value
             return route, await self._respond(method, match, raw_path, scope)
         except errors.RegistryError as error:
@@ -110,6 +109,16 @@ class RegistryApp:
         except Exception:
             logger.exception("Unhandled error while handling %s %s; responding 500.", method, raw_path)
             return route, _error_response(errors.InternalError())
+
+    def _match(self, raw_path: str) -> Match:
+        """Match a path, remembering up to MAX_REMEMBERED_PATHS successful matches."""
+        match = self._matches.get(raw_path)
+        if match is None:
+            match = match_path(raw_path)
+            if len(self._matches) >= MAX_REMEMBERED_PATHS:
+                self._matches.clear()
+            self._matches[raw_path] = match
+        return match
 
     async def _operations_response(self, raw_path: str) -> tuple[str, Response]:
         """Respond to the metrics, liveness and readiness endpoints, which live outside /v2/."""
@@ -128,12 +137,13 @@ class RegistryApp:
         return "ready", Response(200, [(b"content-type", b"application/json")], b'{"status":"ready"}')
 
     async def _respond(self, method: str, match: Match, raw_path: str, scope: Scope) -> Response:
+        if_none_match, byte_range = _conditional_headers(scope)
         request = Request(
             method=method,
             match=match,
             query=scope.get("query_string", b""),
-            if_none_match=_header(scope, b"if-none-match"),
-            range=_header(scope, b"range"),
+            if_none_match=if_none_match,
+            range=byte_range,
         )
         try:
             return await self._routes[match.route](request)
@@ -153,6 +163,7 @@ class RegistryApp:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 self._executor.shutdown(wait=False, cancel_futures=True)
+                self._access_log.flush()
                 logger.info("Stratus worker stopped.")
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -187,11 +198,15 @@ def _raw_path(scope: Scope) -> str:
     return scope["path"]
 
 
-def _header(scope: Scope, name: bytes) -> bytes | None:
+def _conditional_headers(scope: Scope) -> tuple[bytes | None, bytes | None]:
+    """Return the If-None-Match and Range header values of a request, in one pass."""
+    if_none_match = byte_range = None
     for key, value in scope["headers"]:
-        if key == name:
-            return value
-    return None
+        if key == b"if-none-match":
+            if_none_match = value
+        elif key == b"range":
+            byte_range = value
+    return if_none_match, byte_range
 
 
 def _error_response(error: errors.RegistryError) -> Response:
@@ -203,8 +218,9 @@ def _error_response(error: errors.RegistryError) -> Response:
 async def _send(send: Send, response: Response, is_head: bool) -> None:
     headers = response.headers
     headers.append(API_VERSION_HEADER)
-    if response.status != 304 and not any(name == b"content-length" for name, _ in headers):
-        headers.append((b"content-length", str(len(response.body)).encode()))
+    if response.status != 304:
+        length = len(response.body) if response.content_length is None else response.content_length
+        headers.append((b"content-length", str(length).encode()))
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     if response.stream is not None and not is_head:
         await _send_stream(send, response.stream)

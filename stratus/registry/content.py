@@ -34,12 +34,24 @@ _PARSED_COST_FACTOR = 3
 
 @dataclass(frozen=True, slots=True)
 class ManifestContent:
-    """Manifest bytes with their digest, parsed form and the media type they are served with."""
+    """Checked manifest bytes with their parsed form and ready-made header values.
+
+    One object is cached per (repository, digest) and shared by every request for it.
+    """
 
     body: bytes
     digest: Digest
-    media_type: str
     manifest: Manifest
+    digest_header: bytes
+    etag_header: bytes
+
+    def media_type(self, descriptor: Descriptor | None) -> str:
+        """Return the Content-Type: the document's own type, else the descriptor's, else its shape."""
+        if self.manifest.declares_type:
+            return self.manifest.media_type
+        if descriptor is not None and is_manifest_type(descriptor.media_type):
+            return descriptor.media_type
+        return self.manifest.media_type
 
 
 @dataclass(slots=True)
@@ -63,9 +75,7 @@ class ContentReader:
     ) -> None:
         self._storage = store
         self._run = run_in_thread
-        self._manifests: SizedLRUCache[tuple[str, Digest], tuple[bytes, Manifest]] = SizedLRUCache(
-            manifest_cache_bytes
-        )
+        self._manifests: SizedLRUCache[tuple[str, Digest], ManifestContent] = SizedLRUCache(manifest_cache_bytes)
         self._blobs: LRUCache[tuple[str, Digest], _BlobEntry] = LRUCache(blob_cache_entries)
         self._presign_expiry = int(presign_expiry)
         self.urls_reused = 0
@@ -81,8 +91,7 @@ class ContentReader:
         cached = self._manifests.get((repository, digest))
         if cached is None:
             cached = await self._load_manifest(repository, digest, descriptor)
-        body, manifest = cached
-        return ManifestContent(body, digest, _served_type(manifest, descriptor), manifest)
+        return cached
 
     async def blob_size(self, repository: str, digest: Digest) -> int:
         """Return the size of a blob, raising BlobUnknown when it is not in the bucket."""
@@ -136,7 +145,7 @@ class ContentReader:
 
     async def _load_manifest(
         self, repository: str, digest: Digest, descriptor: Descriptor | None
-    ) -> tuple[bytes, Manifest]:
+    ) -> ManifestContent:
         body = await self._read_manifest_blob(repository, digest, descriptor)
         try:
             manifest = parse_manifest(body)
@@ -144,8 +153,10 @@ class ContentReader:
             logger.info("Repository %s: blob %s is not a manifest (%s).", repository, digest, error)
             raise ManifestUnknown(detail={"digest": str(digest)}) from None
 
-        self._manifests.put((repository, digest), (body, manifest), len(body) * _PARSED_COST_FACTOR)
-        return body, manifest
+        digest_header = str(digest).encode()
+        content = ManifestContent(body, digest, manifest, digest_header, b'"' + digest_header + b'"')
+        self._manifests.put((repository, digest), content, len(body) * _PARSED_COST_FACTOR)
+        return content
 
     async def _read_manifest_blob(self, repository: str, digest: Digest, descriptor: Descriptor | None) -> bytes:
         key = storage.blob_key(repository, digest)
@@ -180,12 +191,3 @@ class ContentReader:
         entry = _BlobEntry(info.size)
         self._blobs.put((repository, digest), entry)
         return entry
-
-
-def _served_type(manifest: Manifest, descriptor: Descriptor | None) -> str:
-    """Pick the Content-Type: the document's own type, else the descriptor's, else its shape."""
-    if manifest.declares_type:
-        return manifest.media_type
-    if descriptor is not None and is_manifest_type(descriptor.media_type):
-        return descriptor.media_type
-    return manifest.media_type

@@ -45,8 +45,10 @@ class Response:
     status: int
     headers: Headers = field(default_factory=list)
     body: bytes = b""
-    # Set instead of `body` for blobs the registry sends itself; Content-Length is in `headers`.
+    # Set instead of `body` for blobs the registry sends itself.
     stream: AsyncGenerator[bytes, None] | None = None
+    # Content-Length when it is not len(body): a HEAD of a blob, or a stream.
+    content_length: int | None = None
 
 
 class Handlers:
@@ -81,28 +83,26 @@ class Handlers:
             descriptor = table.digests.get(str(digest))
             cache_control = IMMUTABLE
         else:
-            if not is_valid_tag(reference):
-                raise ManifestUnknown(detail={"tag": reference[:128]}, message="manifest unknown: invalid tag")
             descriptor = table.tags.get(reference)
             if descriptor is None:
+                if not is_valid_tag(reference):
+                    raise ManifestUnknown(detail={"tag": reference[:128]}, message="manifest unknown: invalid tag")
                 raise ManifestUnknown(detail={"tag": reference})
             digest = descriptor.digest
             cache_control = self._tag_cache_control
 
         content = await self._content.manifest(repository, digest, descriptor)
-        digest_header = str(digest).encode()
-        etag = b'"' + digest_header + b'"'
-        if request.if_none_match is not None and _etag_matches(request.if_none_match, digest_header):
+        if request.if_none_match is not None and _etag_matches(request.if_none_match, content.digest_header):
             return Response(304, [
-                (b"docker-content-digest", digest_header),
-                (b"etag", etag),
+                (b"docker-content-digest", content.digest_header),
+                (b"etag", content.etag_header),
                 (b"cache-control", cache_control),
             ])
 
         return Response(200, [
-            (b"content-type", content.media_type.encode()),
-            (b"docker-content-digest", digest_header),
-            (b"etag", etag),
+            (b"content-type", content.media_type(descriptor).encode()),
+            (b"docker-content-digest", content.digest_header),
+            (b"etag", content.etag_header),
             (b"cache-control", cache_control),
         ], content.body)
 
@@ -130,7 +130,7 @@ class Handlers:
             headers.append((b"accept-ranges", b"bytes"))
         if request.method == "HEAD":
             # A URL presigned for GET fails a HEAD, so the server responds to HEAD itself, never with a redirect.
-            return Response(200, [*headers, (b"content-length", str(size).encode())])
+            return Response(200, headers, content_length=size)
         return await self._send_blob(repository, digest, size, request.range, headers)
 
     async def _send_blob(
@@ -142,12 +142,10 @@ class Handlers:
         else:
             (first, last), status = selected, 206
             headers.append((b"content-range", f"bytes {first}-{last}/{size}".encode()))
-        headers.append((b"content-length", str(last - first + 1).encode()))
-
         if size == 0:
-            return Response(status, headers)
+            return Response(status, headers, content_length=0)
         stream = await self._content.open_blob(repository, digest, first, last)
-        return Response(status, headers, stream=stream)
+        return Response(status, headers, stream=stream, content_length=last - first + 1)
 
     async def tags(self, request: Request) -> Response:
         repository = request.match.repository

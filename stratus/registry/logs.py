@@ -7,11 +7,15 @@ and duration_ms), and `exception` with the traceback when there is one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
+
+ACCESS_LOGGER = "stratus.access"
 
 # Attributes every LogRecord has, and uvicorn's terminal-coloured copy of its message;
 # anything else on a record came from `extra`.
@@ -57,3 +61,55 @@ def logging_config(level: str) -> dict[str, Any]:
             "botocore": {"handlers": ["stdout"], "level": "WARNING", "propagate": False},
         },
     }
+
+
+class AccessLog:
+    """One JSON line per request on stdout, in the same shape as JsonFormatter's lines.
+
+    Lines are collected in memory and written together every FLUSH_INTERVAL seconds by
+    the event loop, because a write per request costs the registry a large share of its
+    throughput. A process killed with SIGKILL loses at most that interval of lines.
+    """
+
+    FLUSH_INTERVAL = 0.1
+
+    def __init__(self, enabled: bool, stream: TextIO | None = None) -> None:
+        self.enabled = enabled and logging.getLogger(ACCESS_LOGGER).isEnabledFor(logging.INFO)
+        self._stream = stream
+        self._lines: list[str] = []
+        self._flush_scheduled = False
+        self._second = -1
+        self._second_text = ""
+
+    def record(self, method: str, path: str, status: int, duration_ms: float) -> None:
+        now = time.time()
+        line = orjson.dumps({
+            "time": self._timestamp(now),
+            "level": "info",
+            "logger": ACCESS_LOGGER,
+            "message": f"{method} {path} {status} {duration_ms:.2f}ms",
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": duration_ms,
+        }).decode()
+        self._lines.append(line)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_later(self.FLUSH_INTERVAL, self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._lines:
+            return
+        stream = self._stream or sys.stdout
+        stream.write("\n".join(self._lines) + "\n")
+        stream.flush()
+        self._lines.clear()
+
+    def _timestamp(self, now: float) -> str:
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._second_text}.{int((now - second) * 1000):03d}Z"

@@ -73,17 +73,17 @@ class ReferrersFinder:
             if manifest.is_index:
                 pending.extend(child for child in manifest.children if is_manifest_type(child.media_type))
             if manifest.subject is not None:
-                table.setdefault(str(manifest.subject.digest), []).append(_referrer_descriptor(content))
+                table.setdefault(str(manifest.subject.digest), []).append(_referrer_descriptor(content, descriptor))
 
         if pending:
             logger.warning("Repository %s: referrers walk stopped after %d manifests.", repository, len(seen))
         return table
 
 
-def _referrer_descriptor(content: ManifestContent) -> dict[str, Any]:
+def _referrer_descriptor(content: ManifestContent, pointer: Descriptor) -> dict[str, Any]:
     manifest = content.manifest
     descriptor: dict[str, Any] = {
-        "mediaType": content.media_type,
+        "mediaType": content.media_type(pointer),
         "digest": str(content.digest),
         "size": len(content.body),
     }
