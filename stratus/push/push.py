@@ -121,6 +121,8 @@ def push_oci_layout(
 
     with BlobUploader(storage, bucket, image_name, settings, factory, progress) as uploader:
         missing = uploader.find_missing(blobs)
+        if any(blob.size > settings.multipart_threshold and not blob.is_manifest for blob in missing):
+            uploader.start_part_workers()
         keys = [blob_key(image_name, blob.digest) for blob in missing]
         abort_stale_uploads(storage, image_name, keys, stale_upload_age, progress)
         try:

@@ -97,6 +97,10 @@ class BlobUploader:
             self._part_executor.shutdown(wait=True, cancel_futures=True)
             self._part_executor = None
 
+    def start_part_workers(self) -> None:
+        """Start the part upload workers ahead of the first multipart upload."""
+        self._executor()
+
     def find_missing(self, blobs: list[PlannedBlob]) -> list[PlannedBlob]:
         """Return the blobs the bucket lacks or stores with another size; count the others as skipped."""
         with ThreadPoolExecutor(self._settings.concurrency, thread_name_prefix="stratus-stat") as threads:

@@ -6,8 +6,11 @@ config)`). A job carries only the file path, byte range, key, upload id and part
 The worker opens the file and reads its own range, so the parent never reads a large
 blob into memory.
 
-Workers are started with the "spawn" method because the pool is created while upload
-threads run, and a forked child inherits any lock another thread held at that moment.
+Workers are started with the "forkserver" method. A worker forked straight from the
+pushing process could inherit a lock that one of its upload threads held at that moment;
+the fork server is a fresh single-threaded process, so its children cannot. It imports
+botocore once and forks every worker from that state, which makes a worker start in
+milliseconds instead of the second a spawned interpreter takes to import botocore.
 Every exception a worker raises crosses back to the parent by pickle, so workers raise
 only UploadFailed (a single string argument) or LayoutError, never botocore's errors.
 """
@@ -71,14 +74,27 @@ class UploadVanished(UploadFailed):
     """The multipart upload no longer exists: another push aborted it as stale."""
 
 
+# Modules the fork server imports before it forks any worker.
+_PRELOADED_MODULES = ["stratus.push.workers", "stratus.storage.s3"]
+
+
 def start_part_workers(storage_factory: StorageFactory, bucket: str, processes: int) -> ProcessPoolExecutor:
-    """Start a pool of `processes` spawned workers, each with a Storage built by `storage_factory`."""
-    return ProcessPoolExecutor(
+    """Start a pool of `processes` workers, each with a Storage built by `storage_factory`.
+
+    The workers are started now, in the background, rather than at the first part, so
+    they are ready by the time the first large blob is planned into parts.
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(_PRELOADED_MODULES)
+    pool = ProcessPoolExecutor(
         max_workers=processes,
-        mp_context=multiprocessing.get_context("spawn"),
+        mp_context=context,
         initializer=_initialize_worker,
         initargs=(storage_factory, bucket),
     )
+    for _ in range(processes):
+        pool.submit(os.getpid)
+    return pool
 
 
 def upload_part(job: PartJob) -> PartResult:
