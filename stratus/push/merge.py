@@ -30,6 +30,8 @@ from stratus.storage import (
     PreconditionFailed,
     Storage,
     StorageError,
+    StorageThrottled,
+    StorageUnavailable,
     index_key,
 )
 
@@ -41,6 +43,11 @@ logger = logging.getLogger(__name__)
 MAX_INDEX_SIZE = 64 * 1024 * 1024
 
 DEFAULT_ATTEMPTS = 20
+# Reads and writes of index.json that fail for a transient reason (throttled, timed out, or
+# a connection lost after botocore's own retries) are tried this many times in all. Such a
+# failure can come after every blob was uploaded, and the merge is idempotent, so it can be
+# repeated.
+TRANSIENT_ATTEMPTS = 3
 # Backoff after a lost race: full jitter over an exponentially growing window, in seconds.
 _BACKOFF_BASE = 0.05
 _BACKOFF_CAP = 2.0
@@ -81,10 +88,12 @@ def update_index(
 ) -> int:
     """Merge `entry` under `tag` into the repository's index.json; return the attempts it took.
 
-    Retries with backoff when a concurrent writer wins the race, and raises
-    IndexUpdateFailed when `attempts` are used up or the bucket fails.
+    Retries with backoff when a concurrent writer wins the race (up to `attempts` in all)
+    and after a transient storage failure (up to TRANSIENT_ATTEMPTS in all). Raises
+    IndexUpdateFailed when those are used up or the bucket fails otherwise.
     """
     key = index_key(repository)
+    transient_failures = 0
     for attempt in range(1, attempts + 1):
         try:
             stored = storage.get(key, max_bytes=MAX_INDEX_SIZE)
@@ -94,6 +103,12 @@ def update_index(
             existing, etag = None, None
         except ObjectTooLarge as error:
             raise IndexUpdateFailed(f"{key} in the bucket is larger than {MAX_INDEX_SIZE} bytes") from error
+        except (StorageThrottled, StorageUnavailable) as error:
+            transient_failures += 1
+            if transient_failures >= TRANSIENT_ATTEMPTS:
+                raise IndexUpdateFailed(f"reading {key} failed: {error}") from error
+            _back_off(f"reading {key} failed ({error})", attempt, attempts, sleep)
+            continue
         except StorageError as error:
             raise IndexUpdateFailed(f"reading {key} failed: {error}") from error
 
@@ -104,12 +119,15 @@ def update_index(
             else:
                 storage.put(key, merged, content_type=OCI_INDEX, if_match=etag)
         except PreconditionFailed:
-            delay = random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (attempt - 1)))
-            logger.warning(
-                "%s changed while merging tag %s (attempt %d of %d); retrying in %.2f s.",
-                key, tag, attempt, attempts, delay,
-            )
-            sleep(delay)
+            _back_off(f"{key} changed while merging tag {tag}", attempt, attempts, sleep)
+            continue
+        except (StorageThrottled, StorageUnavailable) as error:
+            # The write may have been applied before the connection was lost. Merging
+            # again is still right: the entry replaces itself and nothing else changes.
+            transient_failures += 1
+            if transient_failures >= TRANSIENT_ATTEMPTS:
+                raise IndexUpdateFailed(f"writing {key} failed: {error}") from error
+            _back_off(f"writing {key} failed ({error})", attempt, attempts, sleep)
             continue
         except StorageError as error:
             raise IndexUpdateFailed(f"writing {key} failed: {error}") from error
@@ -118,6 +136,12 @@ def update_index(
     raise IndexUpdateFailed(
         f"{key} kept changing under concurrent pushes; tag {tag} was not written after {attempts} attempts"
     )
+
+
+def _back_off(reason: str, attempt: int, attempts: int, sleep: Callable[[float], None]) -> None:
+    delay = random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (attempt - 1)))
+    logger.warning("%s (attempt %d of %d); retrying in %.2f s.", reason, attempt, attempts, delay)
+    sleep(delay)
 
 
 def _parse_existing(existing: bytes) -> dict[str, Any]:

@@ -86,10 +86,10 @@ class S3Storage:
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
         if if_none_match is not None:
             params["IfNoneMatch"] = if_none_match
-        response = self._call("get_object", key, **params)
+        response = self._call("get_object", key, required=("ContentLength", "ETag"), **params)
 
         body = response["Body"]
-        size = response.get("ContentLength", 0)
+        size = response["ContentLength"]
         if size > max_bytes:
             body.close()
             raise ObjectTooLarge(key, size, max_bytes)
@@ -101,15 +101,22 @@ class S3Storage:
             body.close()
         if len(data) > max_bytes:
             raise ObjectTooLarge(key, len(data), max_bytes)
+        # A connection closed part way through the body ends the read early without an
+        # error (botocore checks the length only when a read returns nothing), so the
+        # short body would pass for the whole object.
+        if len(data) != size:
+            raise StorageUnavailable(f"get_object {key} failed: the connection closed after {len(data)} of {size} bytes")
         return StoredObject(data, response["ETag"], response.get("ContentType"))
 
     def stat(self, key: str) -> ObjectInfo:
-        response = self._call("head_object", key, Bucket=self.bucket, Key=key)
+        response = self._call("head_object", key, required=("ContentLength", "ETag"), Bucket=self.bucket, Key=key)
         return ObjectInfo(response["ContentLength"], response["ETag"], response.get("ContentType"))
 
     def open_read(self, key: str, start: int = 0, end: int | None = None) -> ObjectStream:
         byte_range = f"bytes={start}-" if end is None else f"bytes={start}-{end}"
-        response = self._call("get_object", key, Bucket=self.bucket, Key=key, Range=byte_range)
+        response = self._call(
+            "get_object", key, required=("ContentLength",), Bucket=self.bucket, Key=key, Range=byte_range
+        )
         body = response["Body"]
         size = _total_size(response)
         last = start + response["ContentLength"] - 1
@@ -137,24 +144,25 @@ class S3Storage:
             params["IfMatch"] = if_match
         if if_none_match is not None:
             params["IfNoneMatch"] = if_none_match
-        return self._call("put_object", key, **params)["ETag"]
+        return self._call("put_object", key, required=("ETag",), **params)["ETag"]
 
     def put_stream(self, key: str, stream: BinaryIO, length: int, *, content_type: str) -> str:
         response = self._call(
-            "put_object", key,
+            "put_object", key, required=("ETag",),
             Bucket=self.bucket, Key=key, Body=stream, ContentLength=length, ContentType=content_type,
         )
         return response["ETag"]
 
     def create_multipart_upload(self, key: str, *, content_type: str) -> str:
         response = self._call(
-            "create_multipart_upload", key, Bucket=self.bucket, Key=key, ContentType=content_type
+            "create_multipart_upload", key, required=("UploadId",),
+            Bucket=self.bucket, Key=key, ContentType=content_type,
         )
         return response["UploadId"]
 
     def upload_part(self, key: str, upload_id: str, part_number: int, body: bytes) -> str:
         response = self._call(
-            "upload_part", key,
+            "upload_part", key, required=("ETag",),
             Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=part_number, Body=body,
         )
         return response["ETag"]
@@ -185,13 +193,25 @@ class S3Storage:
             params["KeyMarker"] = response["NextKeyMarker"]
             params["UploadIdMarker"] = response["NextUploadIdMarker"]
 
-    def _call(self, operation: str, key: str, **params: Any) -> dict[str, Any]:
+    def _call(self, operation: str, key: str, *, required: tuple[str, ...] = (), **params: Any) -> dict[str, Any]:
+        """Make one botocore call, translating its errors, and check that the response has
+        the `required` fields.
+
+        http.client takes a connection closed inside the response headers for their end,
+        so such a response arrives as a success that lacks some of them.
+        """
         try:
-            return getattr(self._client, operation)(**params)
+            response: dict[str, Any] = getattr(self._client, operation)(**params)
         except ClientError as error:
             _raise_translated(error, operation, key)
         except BotoCoreError as error:
             raise StorageUnavailable(f"{operation} {key} failed: {error}") from error
+        missing = [name for name in required if name not in response]
+        if missing:
+            if "Body" in response:
+                response["Body"].close()
+            raise StorageUnavailable(f"{operation} {key} failed: the response has no {', '.join(missing)}")
+        return response
 
     def _count_request(self, **_: Any) -> None:
         with self._count_lock:
