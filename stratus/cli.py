@@ -86,10 +86,21 @@ def _positive_int(text: str) -> int:
 
 def _load_config_or_exit() -> Config:
     try:
-        return load_config(os.environ)
+        config = load_config(os.environ)
     except ConfigError as error:
         print(f"stratus: configuration error: {error}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+
+    if not config.uses_s3:
+        from stratus.storage.local import LocalStorage
+
+        try:
+            LocalStorage(config.data_dir)
+        except OSError as error:
+            print(f"stratus: configuration error: STRATUS_DATA_DIR={config.data_dir!r} is unusable: "
+                  f"{error.strerror or error}", file=sys.stderr)
+            sys.exit(EXIT_USAGE)
+    return config
 
 
 def _serve(arguments: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ keep its names, defaults and boolean forms. Settings of this implementation's ow
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -255,16 +256,36 @@ def load_config(environ: Mapping[str, str]) -> Config:
             text = setting.default
         values[setting.field] = _parse(setting, text)
 
+    _check_unknown_variables(environ)
     if values["s3_endpoint"] is not None:
         for setting in SETTINGS:
             if setting.variable in _REQUIRED_WITH_ENDPOINT and values[setting.field] is None:
                 raise ConfigError(
                     f"{setting.variable} is not set: expected {setting.expected} (required with S3_ENDPOINT)"
                 )
+    else:
+        # Credentials without an endpoint mean S3 was intended; serving a local directory
+        # instead would hide the mistake.
+        for variable in _REQUIRED_WITH_ENDPOINT:
+            if environ.get(variable):
+                raise ConfigError(
+                    f"{variable} is set but S3_ENDPOINT is not: set S3_ENDPOINT to use S3, "
+                    "or unset the S3_* variables to use the directory STRATUS_DATA_DIR"
+                )
     return Config(**values)
 
 
 _REQUIRED_WITH_ENDPOINT = ("S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY")
+_KNOWN_VARIABLES = frozenset(setting.variable for setting in SETTINGS)
+
+
+def _check_unknown_variables(environ: Mapping[str, str]) -> None:
+    """Reject S3_* and STRATUS_* variables that are no setting, such as a misspelt S3_ENDPOINT."""
+    for variable in sorted(environ):
+        if variable.startswith(("S3_", "STRATUS_")) and variable not in _KNOWN_VARIABLES:
+            close = difflib.get_close_matches(variable, _KNOWN_VARIABLES, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{variable} is not a Stratus setting{hint}: see stratus serve --help for the list")
 
 
 def _parse(setting: Setting, text: str) -> Any:

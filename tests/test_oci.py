@@ -126,7 +126,7 @@ def test_parse_index_tags_and_first_entry_wins() -> None:
         ],
     })
     table = parse_index(data)
-    assert table.sorted_tags == ["v1", "v2"]
+    assert table.sorted_tags == ("v1", "v2")
     assert str(table.tags["v1"].digest) == f"sha256:{HEX}"
     assert str(table.tags["v2"].digest) == f"sha256:{other}"
     assert len(table.descriptors) == 4

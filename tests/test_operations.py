@@ -71,9 +71,20 @@ def _check_blob_bytes(client: httpx.Client, repository: str, layout: LayoutDescr
     assert several.status_code == 200
     assert several.content == data
 
+    # HEAD carries the headers GET would, range included.
     head = client.head(path, headers={"Range": "bytes=0-1"})
-    assert head.status_code == 200
-    assert head.headers["content-length"] == str(len(data))
+    assert head.status_code == 206
+    assert head.content == b""
+    assert head.headers["content-length"] == "2"
+    assert head.headers["content-range"] == f"bytes 0-1/{len(data)}"
+
+    upper = client.get(path, headers={"Range": "BYTES=0-3"})
+    assert upper.status_code == 206
+    assert upper.content == data[:4]
+
+    huge = client.get(path, headers={"Range": "bytes=" + "9" * 5000 + "-"})
+    assert huge.status_code == 200
+    assert huge.content == data
 
 
 # ---------------------------------------------------------------- local data directory

@@ -31,10 +31,7 @@ class IndexTable:
     tags: dict[str, Descriptor] = field(default_factory=dict)
     digests: dict[str, Descriptor] = field(default_factory=dict)
     invalid_entries: tuple[str, ...] = ()
-
-    @property
-    def sorted_tags(self) -> list[str]:
-        return sorted(self.tags)
+    sorted_tags: tuple[str, ...] = ()
 
 
 def parse_index(data: bytes) -> IndexTable:
@@ -70,4 +67,4 @@ def parse_index(data: bytes) -> IndexTable:
         if tag is not None and is_valid_tag(tag):
             tags.setdefault(tag, descriptor)
 
-    return IndexTable(tuple(descriptors), tags, digests, tuple(invalid))
+    return IndexTable(tuple(descriptors), tags, digests, tuple(invalid), tuple(sorted(tags)))

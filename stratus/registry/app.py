@@ -75,17 +75,17 @@ class RegistryApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            await self._handle_http(scope, send)
+            await self._handle_http(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._handle_lifespan(receive, send)
 
-    async def _handle_http(self, scope: Scope, send: Send) -> None:
+    async def _handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         method = scope["method"]
         raw_path = _raw_path(scope)
 
         route, response = await self._dispatch(method, raw_path, scope)
-        await _send(send, response, method == "HEAD")
+        await _send(send, receive, response, method == "HEAD")
 
         elapsed = time.perf_counter() - started
         self.metrics.observe_request(route, method if method in _READ_METHODS else "other", response.status, elapsed)
@@ -215,7 +215,7 @@ def _error_response(error: errors.RegistryError) -> Response:
     return Response(error.status, headers, body)
 
 
-async def _send(send: Send, response: Response, is_head: bool) -> None:
+async def _send(send: Send, receive: Receive, response: Response, is_head: bool) -> None:
     headers = response.headers
     headers.append(API_VERSION_HEADER)
     if response.status != 304:
@@ -223,15 +223,20 @@ async def _send(send: Send, response: Response, is_head: bool) -> None:
         headers.append((b"content-length", str(length).encode()))
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     if response.stream is not None and not is_head:
-        await _send_stream(send, response.stream)
+        await _send_stream(send, receive, response.stream)
         return
     body = b"" if is_head or response.status == 304 else response.body
     await send({"type": "http.response.body", "body": body})
 
 
-async def _send_stream(send: Send, stream: AsyncGenerator[bytes, None]) -> None:
+async def _send_stream(send: Send, receive: Receive, stream: AsyncGenerator[bytes, None]) -> None:
+    """Send a blob chunk by chunk, and stop reading it as soon as the client goes away."""
+    disconnected = asyncio.Event()
+    watcher = asyncio.ensure_future(_watch_disconnect(receive, disconnected))
     try:
         async for chunk in stream:
+            if disconnected.is_set():
+                return
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
     except storage.StorageError as error:
         # The status line is gone already. Returning without the last body message makes
@@ -239,5 +244,12 @@ async def _send_stream(send: Send, stream: AsyncGenerator[bytes, None]) -> None:
         logger.error("Sending a blob failed part way, closing the connection: %s.", error)
         return
     finally:
+        watcher.cancel()
         await stream.aclose()
     await send({"type": "http.response.body", "body": b""})
+
+
+async def _watch_disconnect(receive: Receive, disconnected: asyncio.Event) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    disconnected.set()

@@ -77,6 +77,12 @@ class ContentReader:
         self._run = run_in_thread
         self._manifests: SizedLRUCache[tuple[str, Digest], ManifestContent] = SizedLRUCache(manifest_cache_bytes)
         self._blobs: LRUCache[tuple[str, Digest], _BlobEntry] = LRUCache(blob_cache_entries)
+        # Blobs found not to be manifests (layers, configs, corrupt bytes). Content is
+        # immutable, so the result never changes. Remembering it keeps a client that asks
+        # the manifests route for a layer from having it read again and again.
+        self._not_manifests: LRUCache[tuple[str, Digest], bool] = LRUCache(blob_cache_entries)
+        # Problems already logged, so a client repeating a request does not flood the log.
+        self._logged: LRUCache[tuple[str, Digest], bool] = LRUCache(1024)
         self._presign_expiry = int(presign_expiry)
         self.urls_reused = 0
         self.urls_signed = 0
@@ -89,9 +95,11 @@ class ContentReader:
         when the blob is missing, too large, not a manifest, or does not hash to `digest`.
         """
         cached = self._manifests.get((repository, digest))
-        if cached is None:
-            cached = await self._load_manifest(repository, digest, descriptor)
-        return cached
+        if cached is not None:
+            return cached
+        if self._not_manifests.peek((repository, digest)):
+            raise ManifestUnknown(detail={"digest": str(digest)})
+        return await self._load_manifest(repository, digest, descriptor)
 
     async def blob_size(self, repository: str, digest: Digest) -> int:
         """Return the size of a blob, raising BlobUnknown when it is not in the bucket."""
@@ -150,7 +158,9 @@ class ContentReader:
         try:
             manifest = parse_manifest(body)
         except InvalidManifest as error:
-            logger.info("Repository %s: blob %s is not a manifest (%s).", repository, digest, error)
+            self._log_once(repository, digest, logging.INFO, "Repository %s: blob %s is not a manifest (%s).",
+                           repository, digest, error)
+            self._not_manifests.put((repository, digest), True)
             raise ManifestUnknown(detail={"digest": str(digest)}) from None
 
         digest_header = str(digest).encode()
@@ -164,19 +174,27 @@ class ContentReader:
             stored = await self._run(self._storage.get, key, max_bytes=MAX_MANIFEST_SIZE)
         except storage.NotFound:
             if descriptor is not None:
-                logger.error("Repository %s: index.json names %s but its blob is missing.", repository, digest)
+                self._log_once(repository, digest, logging.ERROR,
+                               "Repository %s: index.json names %s but its blob is missing.", repository, digest)
             raise ManifestUnknown(detail={"digest": str(digest)}) from None
         except storage.ObjectTooLarge:
+            self._not_manifests.put((repository, digest), True)
             raise ManifestUnknown(detail={"digest": str(digest)}) from None
 
         if not digest.matches(stored.body):
-            logger.error("Repository %s: blob %s does not hash to its digest; not served.", repository, digest)
+            self._log_once(repository, digest, logging.ERROR,
+                           "Repository %s: blob %s does not hash to its digest; not served.", repository, digest)
             if descriptor is not None:
                 raise InternalError(
                     detail={"digest": str(digest)}, message="stored manifest does not match its digest"
                 )
             raise ManifestUnknown(detail={"digest": str(digest)})
         return stored.body
+
+    def _log_once(self, repository: str, digest: Digest, level: int, message: str, *arguments: object) -> None:
+        if self._logged.peek((repository, digest)) is None:
+            self._logged.put((repository, digest), True)
+            logger.log(level, message, *arguments)
 
     async def _blob_entry(self, repository: str, digest: Digest) -> _BlobEntry:
         entry = self._blobs.get((repository, digest))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
@@ -126,24 +127,24 @@ class Handlers:
             (b"docker-content-digest", digest_header),
             (b"etag", b'"' + digest_header + b'"'),
         ]
-        if self._send_blobs:
-            headers.append((b"accept-ranges", b"bytes"))
-        if request.method == "HEAD":
+        if not self._send_blobs:
             # A URL presigned for GET fails a HEAD, so the server responds to HEAD itself, never with a redirect.
             return Response(200, headers, content_length=size)
-        return await self._send_blob(repository, digest, size, request.range, headers)
+        headers.append((b"accept-ranges", b"bytes"))
+        return await self._send_blob(repository, digest, size, request, headers)
 
     async def _send_blob(
-        self, repository: str, digest: Digest, size: int, range_header: bytes | None, headers: Headers
+        self, repository: str, digest: Digest, size: int, request: Request, headers: Headers
     ) -> Response:
-        selected = parse_range(range_header, size)
+        """Respond with the blob's bytes, or the bytes a Range selects; HEAD gets the same headers."""
+        selected = parse_range(request.range, size)
         if selected is None:
             first, last, status = 0, size - 1, 200
         else:
             (first, last), status = selected, 206
             headers.append((b"content-range", f"bytes {first}-{last}/{size}".encode()))
-        if size == 0:
-            return Response(status, headers, content_length=0)
+        if size == 0 or request.method == "HEAD":
+            return Response(status, headers, content_length=last - first + 1)
         stream = await self._content.open_blob(repository, digest, first, last)
         return Response(status, headers, stream=stream, content_length=last - first + 1)
 
@@ -154,7 +155,7 @@ class Handlers:
 
         tags = table.sorted_tags
         if last is not None:
-            tags = [tag for tag in tags if tag > last]
+            tags = tags[bisect.bisect_right(tags, last):]
         headers: Headers = [(b"content-type", JSON)]
         if limit is not None and len(tags) > limit:
             tags = tags[:limit]
@@ -162,7 +163,7 @@ class Handlers:
                 link = f"</v2/{repository}/tags/list?n={limit}&last={quote(tags[-1])}>; rel=\"next\""
                 headers.append((b"link", link.encode()))
 
-        body = orjson.dumps({"name": repository, "tags": tags})
+        body = orjson.dumps({"name": repository, "tags": list(tags)})
         return Response(200, headers, body)
 
     async def referrers(self, request: Request) -> Response:
@@ -203,7 +204,8 @@ def _parse_pagination(query: bytes) -> tuple[int | None, str | None]:
     limit: int | None = None
     if "n" in parameters:
         text = parameters["n"][0]
-        if not text.isdigit():
+        # isdigit() alone admits digits such as "²" that int() rejects.
+        if not (text.isascii() and text.isdigit()) or len(text) > 9:
             raise PaginationInvalid(detail={"n": text[:32]})
         limit = min(int(text), MAX_TAGS_PAGE)
     last = parameters["last"][0] if "last" in parameters else None

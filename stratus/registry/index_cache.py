@@ -96,7 +96,7 @@ class IndexCache:
             self._entries.put(repository, entry)
             return entry
         except storage.ObjectTooLarge as error:
-            return self._keep_or_break(repository, previous, None, started, str(error))
+            return self._keep_or_break(repository, previous, error.etag, started, f"too large: {error}")
 
         try:
             table = parse_index(stored.body)
@@ -134,8 +134,9 @@ def _usable(repository: str, entry: IndexEntry) -> IndexEntry:
     if entry.table is not None:
         return entry
     if entry.broken_reason is not None:
+        problem = "too large" if entry.broken_reason.startswith("too large") else "corrupt"
         raise InternalError(
             detail={"repository": repository, "reason": entry.broken_reason},
-            message=f"index.json of repository {repository} is corrupt",
+            message=f"index.json of repository {repository} is {problem}",
         )
     raise NameUnknown(detail={"name": repository})

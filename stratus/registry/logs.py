@@ -16,6 +16,8 @@ from typing import Any, TextIO
 import orjson
 
 ACCESS_LOGGER = "stratus.access"
+# Longer request paths are cut in access lines; no valid registry path comes close.
+MAX_LOGGED_PATH = 1024
 
 # Attributes every LogRecord has, and uvicorn's terminal-coloured copy of its message;
 # anything else on a record came from `extra`.
@@ -82,6 +84,8 @@ class AccessLog:
         self._second_text = ""
 
     def record(self, method: str, path: str, status: int, duration_ms: float) -> None:
+        if len(path) > MAX_LOGGED_PATH:
+            path = path[:MAX_LOGGED_PATH] + "..."
         now = time.time()
         line = orjson.dumps({
             "time": self._timestamp(now),

@@ -10,7 +10,8 @@ import re
 
 from stratus.registry.errors import RangeNotSatisfiable
 
-_SINGLE_RANGE = re.compile(rb"bytes=(\d*)-(\d*)")
+# Range units are case-insensitive. Positions longer than 19 digits exceed any object size.
+_SINGLE_RANGE = re.compile(rb"bytes=(\d{0,19})-(\d{0,19})", re.IGNORECASE)
 
 
 def parse_range(header: bytes | None, size: int) -> tuple[int, int] | None:
@@ -25,6 +26,9 @@ def parse_range(header: bytes | None, size: int) -> tuple[int, int] | None:
         return None
 
     first_text, last_text = match.group(1), match.group(2)
+    if size == 0:
+        # No range of an empty blob contains a byte.
+        raise RangeNotSatisfiable(size)
     if first_text == b"":
         # A suffix range: the last N bytes.
         suffix = int(last_text)

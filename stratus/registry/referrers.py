@@ -16,7 +16,7 @@ from stratus.oci.descriptor import Descriptor
 from stratus.oci.mediatypes import OCI_INDEX, is_manifest_type
 from stratus.registry.cache import SingleFlight
 from stratus.registry.content import ContentReader, ManifestContent
-from stratus.registry.errors import ManifestUnknown
+from stratus.registry.errors import InternalError, ManifestUnknown
 from stratus.registry.index_cache import IndexCache
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,8 @@ class ReferrersFinder:
 
             try:
                 content = await self._content.manifest(repository, descriptor.digest, descriptor)
-            except ManifestUnknown:
+            except (ManifestUnknown, InternalError):
+                # One broken manifest must not hide the referrers of every other one.
                 logger.warning("Repository %s: manifest %s is unreadable; left out of referrers.", repository, digest_text)
                 continue
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import logging.config
 import os
+from typing import Any
 
 import uvicorn
 
@@ -20,6 +21,18 @@ def create_app() -> RegistryApp:
     """Build the application from the environment; uvicorn calls this in each worker process."""
     config = load_config(os.environ)
     return RegistryApp(config, storage.open_storage(config))
+
+
+def _http_protocol() -> Any:
+    """Return the guarded httptools protocol, or uvicorn's choice when httptools is missing.
+
+    Without httptools uvicorn uses h11, which limits the request head by itself.
+    """
+    try:
+        from stratus.registry.protocol import GuardedHttpToolsProtocol
+    except ImportError:
+        return "auto"
+    return GuardedHttpToolsProtocol
 
 
 def run_server(config: Config, *, workers: int) -> int:
@@ -44,5 +57,6 @@ def run_server(config: Config, *, workers: int) -> int:
         server_header=False,
         date_header=False,
         timeout_graceful_shutdown=config.shutdown_timeout,
+        http=_http_protocol(),
     )
     return 0

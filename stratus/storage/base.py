@@ -35,10 +35,11 @@ class PreconditionFailed(StorageError):
 
 
 class ObjectTooLarge(StorageError):
-    def __init__(self, key: str, size: int, limit: int) -> None:
+    def __init__(self, key: str, size: int, limit: int, etag: str | None = None) -> None:
         super().__init__(f"{key} is {size} bytes, more than the limit of {limit}")
         self.size = size
         self.limit = limit
+        self.etag = etag
 
 
 class StorageThrottled(StorageError):

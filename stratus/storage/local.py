@@ -16,6 +16,7 @@ import hashlib
 import os
 import shutil
 import stat
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +36,8 @@ from stratus.storage.base import (
 )
 
 STREAM_CHUNK_SIZE = 256 * 1024
+# Temporary files older than this belong to no running write and are removed at start-up.
+_TEMPORARY_FILE_AGE = 3600.0
 _COPY_CHUNK_SIZE = 1024 * 1024
 _STATE_DIRECTORY = ".stratus"
 
@@ -47,10 +50,12 @@ class LocalStorage:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).resolve()
         self.bucket = str(self.root)
+        self._root_prefix = str(self.root) + os.sep
         self._state = self.root / _STATE_DIRECTORY
         self._requests_sent = 0
         for directory in (self._state / "tmp", self._state / "locks", self._state / "uploads"):
             directory.mkdir(parents=True, exist_ok=True)
+        self._remove_old_temporary_files()
 
     @property
     def requests_sent(self) -> int:
@@ -67,7 +72,7 @@ class LocalStorage:
                 if if_none_match is not None and if_none_match == etag:
                     raise NotModified(key)
                 if status.st_size > max_bytes:
-                    raise ObjectTooLarge(key, status.st_size, max_bytes)
+                    raise ObjectTooLarge(key, status.st_size, max_bytes, etag)
                 data = file.read(max_bytes + 1)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise NotFound(key) from None
@@ -188,7 +193,21 @@ class LocalStorage:
             part in ("", ".", "..") for part in parts
         ) or parts[0] == _STATE_DIRECTORY:
             raise ValueError(f"invalid storage key {key!r}")
-        return self.root.joinpath(*parts)
+        path = self.root.joinpath(*parts)
+        # A symbolic link inside the directory must not lead a read or write outside it.
+        if not os.path.realpath(path).startswith(self._root_prefix):
+            raise NotFound(f"{key} leads outside {self.root}")
+        return path
+
+    def _remove_old_temporary_files(self) -> None:
+        """Delete temporary files that a process killed part way through a write left behind."""
+        cutoff = time.time() - _TEMPORARY_FILE_AGE
+        for leftover in (self._state / "tmp").iterdir():
+            try:
+                if leftover.stat().st_mtime < cutoff:
+                    leftover.unlink()
+            except OSError:
+                continue
 
     def _stat(self, key: str) -> os.stat_result:
         try:

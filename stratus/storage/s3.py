@@ -92,7 +92,7 @@ class S3Storage:
         size = response["ContentLength"]
         if size > max_bytes:
             body.close()
-            raise ObjectTooLarge(key, size, max_bytes)
+            raise ObjectTooLarge(key, size, max_bytes, response.get("ETag"))
         try:
             data = body.read(max_bytes + 1)
         except BotoCoreError as error:
