@@ -21,6 +21,7 @@ from stratus.registry.protocol import HEAD_TIMEOUT, MAX_HEAD_BYTES
 from stratus.registry.ranges import parse_range
 from stratus.storage import NotFound, Storage
 from stratus.storage.local import LocalStorage
+from support.layouts import generate_layout
 from support.processes import child_environment
 from support.registry import SERVE_COMMAND
 
@@ -240,3 +241,58 @@ def test_abandoned_download_stops_reading(tmp_path: Path, registry_factory: Any)
         asyncio.run(abandon())
     with httpx.Client(base_url=server.url, timeout=30) as client:
         assert client.get(f"/v2/app/blobs/{digest}").content == blob
+
+
+# ---------------------------------------------------------------- pusher
+
+
+def _push_command(
+    layout: Path, target: str, environment: dict[str, str], *options: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*SERVE_COMMAND[:-1], "push", str(layout), target, *options],
+        env=child_environment(environment), capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_push_keeps_young_uploads_unless_asked(tmp_path: Path) -> None:
+    layout = generate_layout(tmp_path / "layout")
+    environment = {"STRATUS_DATA_DIR": str(tmp_path / "data")}
+    storage = LocalStorage(tmp_path / "data")
+    # A young upload may belong to another push still running, so a push leaves it alone.
+    young = storage.create_multipart_upload("library/app/blobs/sha256/" + "d" * 64, content_type="x")
+
+    assert _push_command(layout.path, "app:1", environment).returncode == 0
+    assert [upload.upload_id for upload in storage.list_multipart_uploads("library/app/")] == [young]
+
+    result = _push_command(layout.path, "app:2", environment, "--abort-uploads-older-than", "0")
+    assert result.returncode == 0, result.stderr
+    assert storage.list_multipart_uploads("library/app/") == []
+
+
+def test_push_refuses_index_beyond_registry_limit(tmp_path: Path) -> None:
+    layout = generate_layout(tmp_path / "layout")
+    data_dir = tmp_path / "data"
+    storage = LocalStorage(data_dir)
+    padding = [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + "e" * 64,
+                "size": 1, "annotations": {"org.opencontainers.image.ref.name": f"t{number}"}}
+               for number in range(12)]
+    original = orjson.dumps({"schemaVersion": 2, "manifests": padding})
+    storage.put("library/app/index.json", original, content_type="application/json")
+    environment = {"STRATUS_DATA_DIR": str(data_dir), "STRATUS_MAX_INDEX_BYTES": str(len(original) + 100)}
+
+    result = _push_command(layout.path, "app:new", environment)
+    assert result.returncode == 1
+    limit = len(original) + 100
+    assert f"more than the {limit} bytes the registry reads (STRATUS_MAX_INDEX_BYTES)" in result.stderr
+    assert (data_dir / "library/app/index.json").read_bytes() == original
+
+
+def test_push_rejects_fifo_index(tmp_path: Path) -> None:
+    layout = tmp_path / "layout"
+    layout.mkdir()
+    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    os.mkfifo(layout / "index.json")
+    result = _push_command(layout, "app:1", {"STRATUS_DATA_DIR": str(tmp_path / "data")})
+    assert result.returncode == 1
+    assert result.stderr == f"stratus push: index.json of layout directory {layout} is not a regular file\n"

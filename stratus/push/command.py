@@ -16,7 +16,7 @@ from stratus.config import Config
 from stratus.push.errors import PushError, UsageError
 from stratus.push.names import parse_target
 from stratus.push.parts import DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE, MAX_PART_SIZE, MIN_PART_SIZE
-from stratus.push.push import push_oci_layout
+from stratus.push.push import DEFAULT_STALE_UPLOAD_AGE, push_oci_layout
 from stratus.storage import StorageError, open_storage
 
 __all__ = ["add_push_arguments", "run_push_command"]
@@ -49,6 +49,11 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--multipart-threshold", type=_size, default=DEFAULT_MULTIPART_THRESHOLD, metavar="SIZE",
                         help="blobs larger than this go up as multipart uploads, smaller ones in one PUT "
                              f"(default: {DEFAULT_MULTIPART_THRESHOLD // 1024**2}MiB)")
+    parser.add_argument("--abort-uploads-older-than", type=_seconds, default=DEFAULT_STALE_UPLOAD_AGE,
+                        metavar="SECONDS", dest="stale_upload_age",
+                        help="abort unfinished multipart uploads in the repository started longer ago than this, "
+                             "such as those of a killed push; 0 aborts all, including those of pushes still "
+                             f"running (default: {DEFAULT_STALE_UPLOAD_AGE:.0f})")
 
 
 def run_push_command(config: Config, arguments: argparse.Namespace) -> int:
@@ -76,6 +81,7 @@ def run_push_command(config: Config, arguments: argparse.Namespace) -> int:
             multipart_threshold=arguments.multipart_threshold,
             part_size=arguments.part_size,
             min_part_size=MIN_PART_SIZE,
+            stale_upload_age=arguments.stale_upload_age,
         )
     except UsageError as error:
         return _fail(error, EXIT_USAGE)
@@ -104,6 +110,16 @@ def _configure_logging(config: Config) -> None:
         handler.setFormatter(logging.Formatter("stratus push: %(levelname)s: %(message)s"))
         root.addHandler(handler)
     root.setLevel(level)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a number of seconds") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a number of seconds, 0 or more")
+    return value
 
 
 def _positive_int(text: str) -> int:

@@ -95,6 +95,9 @@ class DirectoryLayout(Layout):
     def read_document(self, name: str) -> bytes:
         path = os.path.join(self.path, name)
         try:
+            # A FIFO or device under the name would block the read or never end.
+            if os.path.exists(path) and not os.path.isfile(path):
+                raise LayoutError(f"{name} of {self.description} is not a regular file")
             with open(path, "rb") as file:
                 data = file.read(MAX_LAYOUT_DOCUMENT_SIZE + 1)
         except FileNotFoundError:

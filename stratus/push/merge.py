@@ -41,6 +41,9 @@ logger = logging.getLogger(__name__)
 
 # index.json grows by one small entry per tag, so a larger one is rejected rather than read.
 MAX_INDEX_SIZE = 64 * 1024 * 1024
+# The registry reads index.json only up to STRATUS_MAX_INDEX_BYTES (16 MiB by default),
+# so a push never writes a larger one: every tag in it would stop being served.
+DEFAULT_MAX_WRITTEN_INDEX_SIZE = 16 * 1024 * 1024
 
 DEFAULT_ATTEMPTS = 20
 # Reads and writes of index.json that fail for a transient reason (throttled, timed out, or
@@ -85,8 +88,11 @@ def update_index(
     *,
     attempts: int = DEFAULT_ATTEMPTS,
     sleep: Callable[[float], None] = time.sleep,
+    max_written_size: int = DEFAULT_MAX_WRITTEN_INDEX_SIZE,
 ) -> int:
     """Merge `entry` under `tag` into the repository's index.json; return the attempts it took.
+
+    A merged index.json larger than `max_written_size` is not written: IndexUpdateFailed.
 
     Retries with backoff when a concurrent writer wins the race (up to `attempts` in all)
     and after a transient storage failure (up to TRANSIENT_ATTEMPTS in all). Raises
@@ -113,6 +119,11 @@ def update_index(
             raise IndexUpdateFailed(f"reading {key} failed: {error}") from error
 
         merged = merge_index(existing, entry, tag)
+        if len(merged) > max_written_size:
+            raise IndexUpdateFailed(
+                f"{key} would grow to {len(merged)} bytes, more than the {max_written_size} bytes the registry "
+                "reads (STRATUS_MAX_INDEX_BYTES); remove old tags from it first"
+            )
         try:
             if etag is None:
                 storage.put(key, merged, content_type=OCI_INDEX, if_none_match="*")

@@ -31,13 +31,13 @@ from stratus.oci.reference import Digest
 from stratus.push.errors import IndexUpdateFailed, UploadFailed, UsageError
 from stratus.push.graph import PlannedBlob, walk_image
 from stratus.push.layout import Layout, open_layout, read_index_document
-from stratus.push.merge import update_index
+from stratus.push.merge import DEFAULT_MAX_WRITTEN_INDEX_SIZE, update_index
 from stratus.push.names import validate_target
 from stratus.push.parts import DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE, MAX_OBJECT_SIZE, MIN_PART_SIZE
 from stratus.push.progress import format_bytes, open_progress
 from stratus.push.selection import group_images, select_image
 from stratus.push.upload import BlobUploader, TransferSettings, abort_stale_uploads
-from stratus.storage import NotFound, PreconditionFailed, Storage, StorageError, blob_key, layout_key, open_storage
+from stratus.storage import NotFound, PreconditionFailed, Storage, StorageError, layout_key, open_storage
 
 __all__ = ["DEFAULT_STALE_UPLOAD_AGE", "PushResult", "push_oci_layout"]
 
@@ -98,8 +98,7 @@ def push_oci_layout(
 
     `layout_reference` chooses the image when the layout contains several: a tag, a short
     or full reference, or a digest. Multipart uploads under the repository that started
-    more than `stale_upload_age` seconds ago, or that target a blob this push uploads,
-    are aborted first. Progress goes to `log_output` (a bar on a terminal, lines
+    more than `stale_upload_age` seconds ago are aborted first. Progress goes to `log_output` (a bar on a terminal, lines
     otherwise, nothing for None). Raises a PushError subclass on any failure, and then
     index.json in the bucket is unchanged.
     """
@@ -123,8 +122,7 @@ def push_oci_layout(
         missing = uploader.find_missing(blobs)
         if any(blob.size > settings.multipart_threshold and not blob.is_manifest for blob in missing):
             uploader.start_part_workers()
-        keys = [blob_key(image_name, blob.digest) for blob in missing]
-        abort_stale_uploads(storage, image_name, keys, stale_upload_age, progress)
+        abort_stale_uploads(storage, image_name, stale_upload_age, progress)
         try:
             uploader.upload(missing)
         finally:
@@ -133,7 +131,8 @@ def push_oci_layout(
     plan_order = {blob.digest: position for position, blob in enumerate(blobs)}
 
     _write_layout_file(storage, image_name)
-    attempts = update_index(storage, image_name, entry.raw, tag)
+    limit = config.max_index_bytes if config is not None else DEFAULT_MAX_WRITTEN_INDEX_SIZE
+    attempts = update_index(storage, image_name, entry.raw, tag, max_written_size=limit)
     if attempts > 1:
         logger.info("index.json of %s merged after %d attempts.", image_name, attempts)
 

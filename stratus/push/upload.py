@@ -14,7 +14,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -187,13 +187,18 @@ class BlobUploader:
     def _upload_multipart_with_retry(self, blob: PlannedBlob) -> None:
         try:
             self._upload_multipart(blob)
-        except UploadVanished as error:
-            # Another push to this repository aborted the upload as stale. The blob is
-            # content-addressed, so if that push completed it, the object is already right.
+        except UploadFailed as error:
+            # Parts were already retried by botocore. The usual remaining cause is another
+            # push aborting this upload as stale (some S3 servers then answer 500, not 404).
+            # The blob is content-addressed, so if another push completed it, it is right.
+            if self._failed.is_set() and not isinstance(error, UploadVanished):
+                raise
             key = blob_key(self._repository, blob.digest)
-            logger.warning("%s; uploading %s again.", error, key)
-            if not self._is_present(blob):
-                self._upload_multipart(blob)
+            if self._is_present(blob):
+                logger.warning("%s; %s is in the bucket now, uploaded by another push.", error, key)
+                return
+            logger.warning("%s; uploading %s once more.", error, key)
+            self._upload_multipart(blob)
 
     def _upload_multipart(self, blob: PlannedBlob) -> None:
         key = blob_key(self._repository, blob.digest)
@@ -297,7 +302,6 @@ class BlobUploader:
 def abort_stale_uploads(
     storage: Storage,
     repository: str,
-    keys_to_upload: Iterable[str],
     max_age: float,
     progress: Progress,
     *,
@@ -305,12 +309,12 @@ def abort_stale_uploads(
 ) -> int:
     """Abort unfinished multipart uploads left in the repository by pushes that died.
 
-    An upload is stale when it started more than `max_age` seconds ago, or when its key is
-    one this push is about to upload. Returns how many were aborted. Failures are logged
-    and do not stop the push, since leftover parts only cost storage.
+    An upload is stale when it started more than `max_age` seconds ago. A younger one may
+    belong to a push still running (of another tag sharing the blob), so it is left alone.
+    Returns how many were aborted. Failures are logged and do not stop the push, since
+    leftover parts only cost storage.
     """
     prefix = repository_prefix(repository) + "/"
-    wanted = set(keys_to_upload)
     try:
         uploads = storage.list_multipart_uploads(prefix)
     except StorageError as error:
@@ -321,7 +325,7 @@ def abort_stale_uploads(
     current_time = now()
     for upload in uploads:
         age = current_time - upload.initiated
-        if upload.key not in wanted and age <= max_age:
+        if age <= max_age:
             continue
         try:
             storage.abort_multipart_upload(upload.key, upload.upload_id)
