@@ -4,6 +4,10 @@ Requests are counted by route, method and status, with a latency histogram per r
 The hot path only bumps plain integers (the registry runs one event loop per process,
 so no lock is needed); prometheus_client turns them into metric families at scrape time.
 S3 requests and cache hits are integers kept by the storage and the caches.
+
+NOTE: with several uvicorn workers each process counts on its own, and a scrape of
+/metrics reads whichever worker accepts it; prometheus_client's multiprocess mode is
+not used.
 """
 
 from __future__ import annotations
