@@ -80,7 +80,7 @@ class ContentReader:
         # Blobs found not to be manifests (layers, configs, corrupt bytes). Content is
         # immutable, so the result never changes. Remembering it keeps a client that asks
         # the manifests route for a layer from having it read again and again.
-        self._not_manifests: LRUCache[tuple[str, Digest], bool] = LRUCache(blob_cache_entries)
+        self._not_manifests: LRUCache[tuple[str, Digest], str] = LRUCache(blob_cache_entries)
         # Problems already logged, so a client repeating a request does not flood the log.
         self._logged: LRUCache[tuple[str, Digest], bool] = LRUCache(1024)
         self._presign_expiry = int(presign_expiry)
@@ -97,8 +97,9 @@ class ContentReader:
         cached = self._manifests.get((repository, digest))
         if cached is not None:
             return cached
-        if self._not_manifests.peek((repository, digest)):
-            raise ManifestUnknown(detail={"digest": str(digest)})
+        known_problem = self._not_manifests.peek((repository, digest))
+        if known_problem is not None:
+            raise ManifestUnknown(detail={"digest": str(digest)}, message=known_problem)
         return await self._load_manifest(repository, digest, descriptor)
 
     async def blob_size(self, repository: str, digest: Digest) -> int:
@@ -160,7 +161,7 @@ class ContentReader:
         except InvalidManifest as error:
             self._log_once(repository, digest, logging.INFO, "Repository %s: blob %s is not a manifest (%s).",
                            repository, digest, error)
-            self._not_manifests.put((repository, digest), True)
+            self._not_manifests.put((repository, digest), ManifestUnknown.message)
             raise ManifestUnknown(detail={"digest": str(digest)}) from None
 
         digest_header = str(digest).encode()
@@ -177,9 +178,10 @@ class ContentReader:
                 self._log_once(repository, digest, logging.ERROR,
                                "Repository %s: index.json names %s but its blob is missing.", repository, digest)
             raise ManifestUnknown(detail={"digest": str(digest)}) from None
-        except storage.ObjectTooLarge:
-            self._not_manifests.put((repository, digest), True)
-            raise ManifestUnknown(detail={"digest": str(digest)}) from None
+        except storage.ObjectTooLarge as error:
+            message = f"manifest unknown: the blob is {error.size} bytes, more than the {MAX_MANIFEST_SIZE} of any manifest"
+            self._not_manifests.put((repository, digest), message)
+            raise ManifestUnknown(detail={"digest": str(digest)}, message=message) from None
 
         if not digest.matches(stored.body):
             self._log_once(repository, digest, logging.ERROR,

@@ -25,20 +25,29 @@ _ERROR_RESPONSES = {
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """HttpToolsProtocol that bounds the size of a request head and the time it may take."""
+    """HttpToolsProtocol that bounds the size of a request head and the time it may take.
+
+    One timer per connection checks the head every half HEAD_TIMEOUT, so a slow head is
+    closed between 1 and 1.5 times HEAD_TIMEOUT after it began. A timer per request
+    would cost the hot path more than everything else this class does.
+    """
 
     def __init__(self, *arguments: Any, **keywords: Any) -> None:
         super().__init__(*arguments, **keywords)
         self._awaiting_head = True
         self._head_bytes = 0
+        self._head_started = 0.0
         self._head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._start_head_timer()
+        self._head_started = self.loop.time()
+        self._head_timer = self.loop.call_later(HEAD_TIMEOUT / 2, self._check_head)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_head_timer()
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -51,11 +60,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._start_head_timer()
+        self._head_started = self.loop.time()
 
     def on_headers_complete(self) -> None:
         self._awaiting_head = False
-        self._stop_head_timer()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -64,22 +72,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._awaiting_head = True
         self._head_bytes = 0
 
-    def _start_head_timer(self) -> None:
-        if self._head_timer is None:
-            self._head_timer = self.loop.call_later(HEAD_TIMEOUT, self._head_timed_out)
-
-    def _stop_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_timed_out(self) -> None:
+    def _check_head(self) -> None:
         self._head_timer = None
-        if self._awaiting_head and not self.transport.is_closing():
-            # An idle keep-alive connection with nothing started is uvicorn's to close.
-            if self._head_bytes == 0 and self.cycle is not None:
+        if self.transport.is_closing():
+            return
+        # An idle keep-alive connection (a request done, nothing new begun) is uvicorn's
+        # to close with its keep-alive timeout.
+        idle_keep_alive = self._head_bytes == 0 and self.cycle is not None
+        if self._awaiting_head and not idle_keep_alive:
+            if self.loop.time() - self._head_started >= HEAD_TIMEOUT:
+                self._reject(408, "request head not received within %g seconds" % HEAD_TIMEOUT)
                 return
-            self._reject(408, "request head not received within %g seconds" % HEAD_TIMEOUT)
+        self._head_timer = self.loop.call_later(HEAD_TIMEOUT / 2, self._check_head)
 
     def _reject(self, status: int, reason: str) -> None:
         self.logger.warning("Closing connection from %s: %s.", self.client, reason)
@@ -93,4 +97,3 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         )
         self.transport.close()
         self._awaiting_head = False
-        self._stop_head_timer()
