@@ -58,5 +58,7 @@ def run_server(config: Config, *, workers: int) -> int:
         date_header=False,
         timeout_graceful_shutdown=config.shutdown_timeout,
         http=_http_protocol(),
+        # Stratus reads no client address, so uvicorn's X-Forwarded-For handling is skipped.
+        proxy_headers=False,
     )
     return 0
