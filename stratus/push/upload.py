@@ -3,9 +3,9 @@
 Configs and layers go up first, several at a time from a thread pool, and the parts of a
 large one are spread over the part workers. Manifests and indexes follow one by one in
 plan order, which puts children before parents. A blob is verified against its digest
-before it becomes visible under its key: a small blob is hashed in memory before its
-PUT, a large one is hashed by the uploading thread while the workers send its parts,
-and CompleteMultipartUpload is sent only when the hash matched.
+before it becomes visible under its key. A small blob is hashed in memory before its PUT.
+A large one is hashed by the uploading thread while the workers send its parts, and
+CompleteMultipartUpload is sent only when the hash matched.
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ class BlobUploader:
             self._upload_multipart(blob)
         except UploadFailed as error:
             # Parts were already retried by botocore. The usual remaining cause is another
-            # push aborting this upload as stale (some S3 servers then answer 500, not 404).
+            # push aborting this upload as stale (some S3 servers then return 500, not 404).
             # The blob is content-addressed, so if another push completed it, it is right.
             if self._failed.is_set() and not isinstance(error, UploadVanished):
                 raise

@@ -7,8 +7,8 @@ The worker opens the file and reads its own range, so the parent never reads a l
 blob into memory.
 
 Workers are started with the "forkserver" method. A worker forked straight from the
-pushing process could inherit a lock that one of its upload threads held at that moment;
-the fork server is a fresh single-threaded process, so its children cannot. It imports
+pushing process could inherit a lock that one of its upload threads held at that moment.
+The fork server is a fresh single-threaded process, so its children cannot. It imports
 botocore once and forks every worker from that state, which makes a worker start in
 milliseconds instead of the second a spawned interpreter takes to import botocore.
 Every exception a worker raises crosses back to the parent by pickle, so workers raise

@@ -1,8 +1,8 @@
 """Prometheus metrics of one registry process, served at `/metrics`.
 
 Requests are counted by route, method and status, with a latency histogram per route.
-The hot path only bumps plain integers (the registry runs one event loop per process,
-so no lock is needed); prometheus_client turns them into metric families at scrape time.
+The hot path only bumps plain integers, and needs no lock because the registry runs one
+event loop per process. prometheus_client turns them into metric families at scrape time.
 S3 requests and cache hits are integers kept by the storage and the caches.
 
 NOTE: with several uvicorn workers each process counts on its own, and a scrape of
