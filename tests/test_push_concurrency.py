@@ -63,10 +63,10 @@ def test_ten_concurrent_pushes_keep_all_tags(
 
 
 class PartBlockingProxy:
-    """An HTTP proxy to moto that never answers UploadPart requests for part 2 or later.
+    """An HTTP proxy to moto that never responds to UploadPart requests for part 2 or later.
 
     Those requests wait until stop(), so a push stays inside its multipart upload for as
-    long as the test needs. Every answered request is recorded in `answered`.
+    long as the test needs. Every request it responded to is recorded in `answered`.
     """
 
     def __init__(self, upstream_port: int) -> None:

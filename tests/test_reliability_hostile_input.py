@@ -210,7 +210,7 @@ def test_pipelined_broken_request_closes(registry: Any, hostile_repository: dict
     statuses = _statuses(reply, head_requests={2})
     # NOTE: uvicorn 0.55 with httptools rejects the whole buffer when any request in it is
     # malformed: it sends the 400 at once and closes, so the valid requests before it get
-    # no response, and a client may take the 400 for the answer to its first request.
+    # no response, and a client may take the 400 for the response to its first request.
     assert statuses[-1] == 400
     assert statuses[:-1] == [200, 200, 200, 404][: len(statuses) - 1]
     assert b"Traceback" not in reply

@@ -5,9 +5,8 @@ The hot path only bumps plain integers, and needs no lock because the registry r
 event loop per process. prometheus_client turns them into metric families at scrape time.
 S3 requests and cache hits are integers kept by the storage and the caches.
 
-NOTE: with several uvicorn workers each process counts on its own, and a scrape of
-/metrics reads whichever worker accepts it; prometheus_client's multiprocess mode is
-not used.
+NOTE: with several uvicorn workers each process counts on its own. A scrape of /metrics
+reads whichever worker accepts it, because prometheus_client's multiprocess mode is not used.
 """
 
 from __future__ import annotations

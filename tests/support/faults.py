@@ -10,9 +10,9 @@
     hold.release(forward=False)            # drop it, so S3 never receives it
 
 The proxy is a threaded HTTP/1.1 server on a loopback port with keep-alive. Each request
-is read whole (an `Expect: 100-continue` is answered first) and, unless a fault or a hold
-applies, sent to moto on a new connection; the whole response is read and sent back with
-its headers. Faults are drawn from a `random.Random` seeded at construction, so a run is
+is read whole (an `Expect: 100-continue` gets its 100 Continue first). Unless a fault or
+a hold applies, it is sent to moto on a new connection, and the whole response is read and
+sent back with its headers. Faults are drawn from a `random.Random` seeded at construction, so a run is
 repeatable up to the order in which concurrent requests arrive.
 
 Every request is logged in `exchanges` with its outcome, so a test can count retries or
